@@ -1,0 +1,2 @@
+//! `vexfs-agent`: thin main over the agent library.
+fn main() {}

@@ -1,0 +1,4 @@
+//! The vexfs controller library behind `vexctl`: boots guests, talks to the agent,
+//! classifies crashes, records them and recovers.
+
+pub mod cli;
