@@ -2,3 +2,6 @@
 //! classifies crashes, records them and recovers.
 
 pub mod cli;
+pub mod client;
+pub mod transport;
+pub mod vm;

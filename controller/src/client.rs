@@ -1,0 +1,237 @@
+//! Typed wrapper over the generated agent client: connect with retry and deadline,
+//! per-call timeouts, and one method per RPC.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vexfs_proto::agent_client::AgentClient as RawClient;
+use vexfs_proto::{
+    Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, ListModulesReply,
+    ListModulesRequest, LoadModuleRequest, ModuleReply, ReloadModuleRequest, SampleRequest,
+    StreamRequest, SysrqRequest, UnloadModuleRequest,
+};
+
+use crate::transport::{self, Address, TransportError};
+
+/// Default timeout of one unary call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Agent client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not reach the agent.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The agent (or the transport under tonic) answered with an error status.
+    #[error("{rpc}: {status}")]
+    Rpc {
+        /// Which call.
+        rpc: &'static str,
+        /// The status.
+        status: Box<tonic::Status>,
+    },
+    /// The call did not finish in time.
+    #[error("{rpc}: no answer within {timeout:?}")]
+    Timeout {
+        /// Which call.
+        rpc: &'static str,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The agent did not become healthy before the deadline.
+    #[error("agent at {addr} not healthy within {waited:?}: {last}")]
+    NotHealthy {
+        /// The address.
+        addr: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The last error seen.
+        last: String,
+    },
+}
+
+/// A connected agent client.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    raw: RawClient<Channel>,
+    addr: Address,
+    call_timeout: Duration,
+}
+
+/// A server stream of agent events.
+pub type EventStream = tonic::Streaming<Event>;
+
+impl AgentClient {
+    /// Connects once (no retry) to `addr`.
+    pub async fn connect(addr: &Address) -> Result<Self, ClientError> {
+        let channel = transport::channel(addr).await?;
+        Ok(Self {
+            raw: RawClient::new(channel),
+            addr: addr.clone(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// Connects and waits until Health answers, retrying with backoff (the guest may
+    /// still be booting) until `timeout`. Returns the client and the first reply.
+    pub async fn connect_healthy(
+        addr: &Address,
+        timeout: Duration,
+    ) -> Result<(Self, HealthReply), ClientError> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut last;
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            let attempt = async {
+                let mut client = Self::connect(addr).await?;
+                client.call_timeout = left.clamp(Duration::from_millis(100), DEFAULT_CALL_TIMEOUT);
+                let reply = client.health().await?;
+                client.call_timeout = DEFAULT_CALL_TIMEOUT;
+                Ok::<_, ClientError>((client, reply))
+            };
+            match tokio::time::timeout(left.max(Duration::from_millis(1)), attempt).await {
+                Ok(Ok(ok)) => return Ok(ok),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "attempt timed out".to_string(),
+            }
+            if start.elapsed() + delay >= timeout {
+                return Err(ClientError::NotHealthy {
+                    addr: addr.to_string(),
+                    waited: start.elapsed(),
+                    last,
+                });
+            }
+            tracing::trace!(%addr, error = %last, "agent not healthy yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The address this client talks to.
+    pub fn address(&self) -> &Address {
+        &self.addr
+    }
+
+    /// Sets the timeout of unary calls (Exec adds its own command timeout on top).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    async fn unary<T, F>(
+        &self,
+        rpc: &'static str,
+        timeout: Duration,
+        fut: F,
+    ) -> Result<T, ClientError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(ClientError::Rpc {
+                rpc,
+                status: Box::new(status),
+            }),
+            Err(_) => Err(ClientError::Timeout { rpc, timeout }),
+        }
+    }
+
+    /// Health: versions, boot id, uptime, taint.
+    pub async fn health(&mut self) -> Result<HealthReply, ClientError> {
+        let mut raw = self.raw.clone();
+        self.unary("Health", self.call_timeout, raw.health(HealthRequest {}))
+            .await
+    }
+
+    /// Opens the event stream (kmsg records from `req.from_seq`, counters, heartbeats).
+    pub async fn stream_events(&mut self, req: StreamRequest) -> Result<EventStream, ClientError> {
+        let mut raw = self.raw.clone();
+        self.unary("StreamEvents", self.call_timeout, raw.stream_events(req))
+            .await
+    }
+
+    /// One counter sample.
+    pub async fn sample_counters(&mut self, req: SampleRequest) -> Result<Counters, ClientError> {
+        let mut raw = self.raw.clone();
+        self.unary(
+            "SampleCounters",
+            self.call_timeout,
+            raw.sample_counters(req),
+        )
+        .await
+    }
+
+    /// /proc/modules.
+    pub async fn list_modules(&mut self) -> Result<ListModulesReply, ClientError> {
+        let mut raw = self.raw.clone();
+        self.unary(
+            "ListModules",
+            self.call_timeout,
+            raw.list_modules(ListModulesRequest {}),
+        )
+        .await
+    }
+
+    /// Loads a module.
+    pub async fn load_module(
+        &mut self,
+        req: LoadModuleRequest,
+    ) -> Result<ModuleReply, ClientError> {
+        let mut raw = self.raw.clone();
+        self.unary("LoadModule", self.call_timeout, raw.load_module(req))
+            .await
+    }
+
+    /// Unloads a module (the agent bounds it by `deadline_ms`).
+    pub async fn unload_module(
+        &mut self,
+        req: UnloadModuleRequest,
+    ) -> Result<ModuleReply, ClientError> {
+        let timeout =
+            self.call_timeout + Duration::from_millis(u64::from(req.deadline_ms).max(10_000));
+        let mut raw = self.raw.clone();
+        self.unary("UnloadModule", timeout, raw.unload_module(req))
+            .await
+    }
+
+    /// Unload, verify, load, verify.
+    pub async fn reload_module(
+        &mut self,
+        req: ReloadModuleRequest,
+    ) -> Result<ModuleReply, ClientError> {
+        let timeout =
+            self.call_timeout + Duration::from_millis(u64::from(req.deadline_ms).max(10_000));
+        let mut raw = self.raw.clone();
+        self.unary("ReloadModule", timeout, raw.reload_module(req))
+            .await
+    }
+
+    /// Runs a command in the guest; the call waits for the command's own timeout.
+    pub async fn exec(&mut self, req: ExecRequest) -> Result<ExecReply, ClientError> {
+        let cmd_timeout = if req.timeout_ms == 0 {
+            60_000
+        } else {
+            req.timeout_ms
+        };
+        let timeout = self.call_timeout + Duration::from_millis(cmd_timeout);
+        let mut raw = self.raw.clone();
+        self.unary("Exec", timeout, raw.exec(req)).await
+    }
+
+    /// Writes one key to /proc/sysrq-trigger. Key `c` crashes the guest, so the reply
+    /// may never come: callers expect a timeout or a transport error then.
+    pub async fn sysrq(&mut self, key: &str) -> Result<(), ClientError> {
+        let mut raw = self.raw.clone();
+        self.unary(
+            "Sysrq",
+            self.call_timeout,
+            raw.sysrq(SysrqRequest {
+                key: key.to_string(),
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+}

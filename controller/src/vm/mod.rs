@@ -1,0 +1,684 @@
+//! Throw-away QEMU guests: configuration, launch (QEMU and the vsock daemon each in
+//! its own process group), serial console capture, QMP, the KVM probe, and waiting
+//! for the agent. Dropping a [`Vm`] kills everything it started.
+
+pub mod console;
+pub mod image;
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+pub mod vsock_backend;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::client::{AgentClient, ClientError};
+use crate::transport::Address;
+use console::{Console, ConsoleLine, Source};
+use image::Manifest;
+use process::{ChildGroup, ProcessError};
+pub use qemu::{Accel, PanicAction};
+use qmp::{Qmp, QmpError};
+use vsock_backend::{BackendError, VsockChoice, VsockDaemon, VsockPlan};
+
+/// Environment variable overriding the accelerator choice (`tcg`, `kvm`, `auto`).
+pub const ACCEL_ENV: &str = "VEXFS_ACCEL";
+/// Console lines that show the guest reached userspace (probe and boot markers).
+pub const INIT_MARKERS: &[&str] = &[
+    "Run /init as init process",
+    "VEXFS-INIT-READY",
+    "vexfs-agent",
+];
+
+/// VM failures.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Run directory or log file trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU could not be started.
+    #[error(transparent)]
+    Spawn(#[from] ProcessError),
+    /// The vsock backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// QMP failed.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// QEMU exited (early, or while we waited for something).
+    #[error("qemu exited with {status} while {during}; last output:\n{tail}")]
+    Exited {
+        /// Exit status.
+        status: ExitStatus,
+        /// What we were waiting for.
+        during: &'static str,
+        /// Last console and stderr lines.
+        tail: String,
+    },
+    /// The agent did not answer.
+    #[error(transparent)]
+    Agent(#[from] ClientError),
+    /// The VM has no vsock device, so no agent address.
+    #[error("vm has no vsock device")]
+    NoVsock,
+    /// Bad configuration value.
+    #[error("invalid {0}")]
+    Config(String),
+}
+
+/// Accelerator request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelChoice {
+    /// Always TCG.
+    Tcg,
+    /// Always KVM.
+    Kvm,
+    /// KVM when a short probe boot shows it works (cached), else TCG.
+    #[default]
+    Auto,
+}
+
+impl FromStr for AccelChoice {
+    type Err = VmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcg" => Ok(AccelChoice::Tcg),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "auto" => Ok(AccelChoice::Auto),
+            other => Err(VmError::Config(format!(
+                "accelerator {other:?} (tcg, kvm, auto)"
+            ))),
+        }
+    }
+}
+
+impl AccelChoice {
+    /// `$VEXFS_ACCEL` when set and valid, else `Auto`.
+    pub fn from_env() -> Self {
+        std::env::var(ACCEL_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Everything needed to launch one guest.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// QEMU `-name`.
+    pub name: String,
+    /// `-kernel`.
+    pub kernel: PathBuf,
+    /// `-initrd`.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line (console and agent port are added when missing).
+    pub cmdline: String,
+    /// Words appended to the command line.
+    pub extra_cmdline: Vec<String>,
+    /// Guest RAM, MiB.
+    pub memory_mib: u32,
+    /// Guest CPUs.
+    pub cpus: u32,
+    /// Accelerator request.
+    pub accel: AccelChoice,
+    /// vsock device request.
+    pub vsock: VsockChoice,
+    /// Guest CID.
+    pub guest_cid: u32,
+    /// The agent's vsock port (also put on the command line when missing).
+    pub agent_port: Option<u32>,
+    /// Parent of the per-VM run directory (default: the system temp dir). Keep it
+    /// short: unix socket paths are limited to 107 bytes.
+    pub run_parent: Option<PathBuf>,
+    /// Keep the run directory (logs) after the VM is gone.
+    pub keep_run_dir: bool,
+    /// What a guest panic does.
+    pub panic_action: PanicAction,
+    /// Add `-device pvpanic-pci`.
+    pub pvpanic: bool,
+    /// `-no-reboot`: a guest reboot makes QEMU exit.
+    pub no_reboot: bool,
+    /// QEMU binary.
+    pub qemu_binary: PathBuf,
+    /// Extra QEMU arguments, appended last.
+    pub extra_qemu_args: Vec<String>,
+    /// How long the KVM probe boot may take to reach userspace.
+    pub probe_timeout: Duration,
+    /// Where the probe result is cached (default: the vexfs cache dir).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// Defaults around a kernel and command line: 512 MiB, 1 CPU, auto accel and vsock.
+    pub fn new(kernel: impl Into<PathBuf>, cmdline: impl Into<String>) -> Self {
+        Self {
+            name: "vexfs".into(),
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: cmdline.into(),
+            extra_cmdline: Vec::new(),
+            memory_mib: 512,
+            cpus: 1,
+            accel: AccelChoice::Auto,
+            vsock: VsockChoice::Auto,
+            guest_cid: 3,
+            agent_port: None,
+            run_parent: None,
+            keep_run_dir: false,
+            panic_action: PanicAction::Pause,
+            pvpanic: true,
+            no_reboot: false,
+            qemu_binary: "qemu-system-x86_64".into(),
+            extra_qemu_args: Vec::new(),
+            probe_timeout: Duration::from_secs(5),
+            cache_dir: None,
+        }
+    }
+
+    /// A configuration for a cached guest image.
+    pub fn from_manifest(m: &Manifest) -> Self {
+        let mut c = Self::new(&m.kernel, m.cmdline.clone());
+        c.initramfs = Some(m.initramfs.clone());
+        c.agent_port = Some(m.agent_port);
+        c.name = format!("vexfs-{}", m.kernel_release);
+        c
+    }
+}
+
+/// The agent port the guest will use: `vexfs.agent.port=` on the final command line.
+fn cmdline_port(cmdline: &str) -> Option<u32> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("vexfs.agent.port="))
+        .next_back()
+        .and_then(|p| p.parse().ok())
+}
+
+fn unique_run_dir(parent: &Path) -> Result<PathBuf, VmError> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    std::fs::create_dir_all(parent).map_err(|source| VmError::Io {
+        what: format!("create {}", parent.display()),
+        source,
+    })?;
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let dir = parent.join(format!("vexfs-vm-{}-{n}-{nanos:x}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => {
+                return Err(VmError::Io {
+                    what: format!("create {}", dir.display()),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// A running guest. Dropping it kills QEMU and the vsock daemon (process groups)
+/// and removes the run directory unless asked to keep it.
+pub struct Vm {
+    run_dir: PathBuf,
+    keep_run_dir: bool,
+    accel: Accel,
+    started: Instant,
+    console: Console,
+    agent_addr: Option<Address>,
+    qmp: Option<Qmp>,
+    qemu: Option<ChildGroup>,
+    daemon: Option<VsockDaemon>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("run_dir", &self.run_dir)
+            .field("accel", &self.accel)
+            .field("agent_addr", &self.agent_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Resolves the accelerator (probing KVM when `Auto`) and launches the guest.
+    pub async fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
+        let accel = resolve_accel(cfg).await;
+        Self::launch_with(cfg, accel).await
+    }
+
+    /// Launches the guest with the given accelerator.
+    pub async fn launch_with(cfg: &VmConfig, accel: Accel) -> Result<Vm, VmError> {
+        let parent = cfg.run_parent.clone().unwrap_or_else(std::env::temp_dir);
+        let run_dir = unique_run_dir(&parent)?;
+        // From here on, dropping `vm` cleans up whatever was started.
+        let mut vm = Vm {
+            run_dir: run_dir.clone(),
+            keep_run_dir: cfg.keep_run_dir,
+            accel,
+            started: Instant::now(),
+            console: Console::new(Instant::now()),
+            agent_addr: None,
+            qmp: None,
+            qemu: None,
+            daemon: None,
+        };
+        let plan = cfg.vsock.resolve(&run_dir, cfg.guest_cid);
+        let port = cmdline_port(&qemu::kernel_cmdline(cfg));
+        if let VsockPlan::VhostUser {
+            cid,
+            vhost_socket,
+            uds_path,
+        } = &plan
+        {
+            let program = vsock_backend::find_daemon().ok_or(BackendError::DaemonMissing)?;
+            vm.daemon = Some(
+                VsockDaemon::start(
+                    &program,
+                    *cid,
+                    vhost_socket,
+                    uds_path,
+                    &run_dir.join("vsock-daemon.log"),
+                )
+                .await?,
+            );
+        }
+        vm.agent_addr = match (&plan, port) {
+            (VsockPlan::VhostUser { uds_path, .. }, Some(port)) => Some(Address::Hvsock {
+                path: uds_path.clone(),
+                port,
+            }),
+            (VsockPlan::Kernel { cid }, Some(port)) => Some(Address::Vsock { cid: *cid, port }),
+            _ => None,
+        };
+        let qmp_path = run_dir.join("qmp.sock");
+        let argv = qemu::build_argv(cfg, accel, &plan, &qmp_path);
+        std::fs::write(
+            run_dir.join("qemu.cmdline"),
+            argv.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .map_err(|source| VmError::Io {
+            what: "write qemu.cmdline".into(),
+            source,
+        })?;
+        let mut cmd = Command::new(&cfg.qemu_binary);
+        cmd.args(&argv)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        vm.started = Instant::now();
+        vm.console = Console::new(vm.started);
+        let spawned = ChildGroup::spawn("qemu", cmd)?;
+        tracing::info!(pid = spawned.group.pid(), accel = accel.as_str(), run_dir = %run_dir.display(), "qemu started");
+        vm.qemu = Some(spawned.group);
+        let pipe = |fd: std::os::fd::OwnedFd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|source| VmError::Io {
+                what: "qemu pipe".into(),
+                source,
+            })
+        };
+        if let Some(out) = spawned.stdout {
+            let rx = pipe(out.into())?;
+            vm.console
+                .attach(Source::Serial, rx, &run_dir.join("console.log"))
+                .map_err(|source| VmError::Io {
+                    what: "console.log".into(),
+                    source,
+                })?;
+        }
+        if let Some(err) = spawned.stderr {
+            let rx = pipe(err.into())?;
+            vm.console
+                .attach(Source::QemuStderr, rx, &run_dir.join("qemu.log"))
+                .map_err(|source| VmError::Io {
+                    what: "qemu.log".into(),
+                    source,
+                })?;
+        }
+        let qmp = vm
+            .until_exit(
+                "connecting QMP",
+                Qmp::connect(&qmp_path, Duration::from_secs(10)),
+            )
+            .await??;
+        vm.qmp = Some(qmp);
+        Ok(vm)
+    }
+
+    /// Runs `fut` unless QEMU exits first.
+    async fn until_exit<T>(
+        &self,
+        during: &'static str,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, VmError> {
+        let Some(qemu) = &self.qemu else {
+            return Ok(fut.await);
+        };
+        tokio::select! {
+            out = fut => Ok(out),
+            status = qemu.wait() => {
+                // Let the pipe readers drain the last lines.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(VmError::Exited { status, during, tail: self.output_tail(30) })
+            }
+        }
+    }
+
+    /// The last `n` captured console/stderr lines, joined.
+    pub fn output_tail(&self, n: usize) -> String {
+        let h = self.console.history();
+        h[h.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| match l.source {
+                Source::Serial => l.text.clone(),
+                Source::QemuStderr => format!("qemu: {}", l.text),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The per-VM run directory (console.log, qemu.log, sockets). Unique per VM, so
+    /// it also identifies the VM's processes by command line.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// When QEMU was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The console hub (serial lines and QEMU stderr).
+    pub fn console(&self) -> &Console {
+        &self.console
+    }
+
+    /// The QMP connection.
+    pub fn qmp(&self) -> &Qmp {
+        self.qmp.as_ref().expect("qmp is set once launched")
+    }
+
+    /// The agent's address, when the VM has vsock and a known agent port.
+    pub fn agent_address(&self) -> Option<&Address> {
+        self.agent_addr.as_ref()
+    }
+
+    /// QEMU's pid.
+    pub fn qemu_pid(&self) -> Option<i32> {
+        self.qemu.as_ref().map(ChildGroup::pid)
+    }
+
+    /// The vsock daemon's pid, when there is one.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.daemon.as_ref().map(|d| d.group().pid())
+    }
+
+    /// A receiver that turns `Some(status)` the moment QEMU exits.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
+        match &self.qemu {
+            Some(q) => q.exit_watch(),
+            None => watch::channel(None).1,
+        }
+    }
+
+    /// QEMU's exit status, if it has exited.
+    pub fn try_exit_status(&self) -> Option<ExitStatus> {
+        self.qemu.as_ref().and_then(ChildGroup::try_status)
+    }
+
+    /// Waits until the agent answers Health (or QEMU exits, or `timeout` passes).
+    pub async fn wait_for_agent(
+        &self,
+        timeout: Duration,
+    ) -> Result<(AgentClient, vexfs_proto::HealthReply), VmError> {
+        let addr = self.agent_addr.clone().ok_or(VmError::NoVsock)?;
+        Ok(self
+            .until_exit(
+                "waiting for the agent",
+                AgentClient::connect_healthy(&addr, timeout),
+            )
+            .await??)
+    }
+
+    /// Waits until a console line satisfies `pred` (or QEMU exits, or `timeout`).
+    pub async fn wait_for_console<F>(
+        &self,
+        timeout: Duration,
+        pred: F,
+    ) -> Result<Option<ConsoleLine>, VmError>
+    where
+        F: Fn(&ConsoleLine) -> bool,
+    {
+        self.until_exit(
+            "waiting for console output",
+            self.console.wait_for(timeout, pred),
+        )
+        .await
+    }
+
+    /// Waits up to `timeout` for QEMU to exit by itself.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let qemu = self.qemu.as_ref()?;
+        tokio::time::timeout(timeout, qemu.wait()).await.ok()
+    }
+
+    /// Asks QEMU to quit over QMP, waits up to `timeout`, then kills what is left.
+    pub async fn shutdown(mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.try_exit_status().is_none()
+            && let Some(qmp) = &self.qmp
+            && let Err(e) = qmp.quit().await
+        {
+            tracing::debug!(error = %e, "qmp quit failed; killing");
+        }
+        let status = match self.wait_exit(timeout).await {
+            Some(s) => Some(s),
+            None => self.qemu.as_ref().and_then(ChildGroup::kill),
+        };
+        self.teardown();
+        status
+    }
+
+    /// Kills QEMU and the daemon now (SIGKILL to their groups) and reaps them.
+    pub fn kill(mut self) -> Option<ExitStatus> {
+        let status = self.qemu.as_ref().and_then(ChildGroup::kill);
+        self.teardown();
+        status
+    }
+
+    fn teardown(&mut self) {
+        self.qmp = None;
+        // QEMU first: the daemon outlives its VM otherwise logs a disconnect.
+        drop(self.qemu.take());
+        drop(self.daemon.take());
+        if !self.keep_run_dir && !self.run_dir.as_os_str().is_empty() {
+            if let Err(e) = std::fs::remove_dir_all(&self.run_dir) {
+                tracing::debug!(error = %e, dir = %self.run_dir.display(), "run dir not removed");
+            }
+            self.run_dir = PathBuf::new();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Host kernel release, part of the probe cache key.
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// FNV-1a: a hash that stays the same across Rust versions (cache file names).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The probe cache file for this host and guest kernel.
+pub fn probe_cache_file(cfg: &VmConfig) -> PathBuf {
+    let meta = std::fs::metadata(&cfg.kernel).ok();
+    let (size, mtime) = meta
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.size(), m.mtime())
+        })
+        .unwrap_or_default();
+    let key = format!("{}|{}|{size}|{mtime}", host_release(), cfg.kernel.display());
+    let cache = cfg.cache_dir.clone().unwrap_or_else(image::cache_dir);
+    cache
+        .join("accel-probe")
+        .join(format!("{:016x}", fnv1a(key.as_bytes())))
+}
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// Picks the accelerator: an explicit choice (config, then `$VEXFS_ACCEL` when the
+/// config says Auto), else the cached or freshly measured KVM probe result.
+pub async fn resolve_accel(cfg: &VmConfig) -> Accel {
+    let choice = match cfg.accel {
+        AccelChoice::Auto => AccelChoice::from_env(),
+        other => other,
+    };
+    match choice {
+        AccelChoice::Tcg => return Accel::Tcg,
+        AccelChoice::Kvm => return Accel::Kvm,
+        AccelChoice::Auto => {}
+    }
+    if !kvm_usable() {
+        return Accel::Tcg;
+    }
+    let cache = probe_cache_file(cfg);
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        match text.trim() {
+            "kvm" => return Accel::Kvm,
+            "tcg" => return Accel::Tcg,
+            _ => {}
+        }
+    }
+    let accel = probe_kvm(cfg).await;
+    if let Some(dir) = cache.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&cache, accel.as_str()) {
+        tracing::warn!(error = %e, "accel probe result not cached");
+    }
+    accel
+}
+
+/// Boots `cfg`'s kernel under KVM without vsock and reports KVM only when the guest
+/// reaches userspace within `probe_timeout` without a `KVM internal error`.
+pub async fn probe_kvm(cfg: &VmConfig) -> Accel {
+    let mut probe = cfg.clone();
+    probe.vsock = VsockChoice::None;
+    probe.no_reboot = true;
+    probe.keep_run_dir = false;
+    probe.panic_action = PanicAction::ExitFailure;
+    // "Run /init as init process" is KERN_INFO: make it reach the console.
+    probe.extra_cmdline.push("loglevel=7".into());
+    let start = Instant::now();
+    let vm = match Vm::launch_with(&probe, Accel::Kvm).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            tracing::info!(error = %e, "kvm probe: launch failed; using tcg");
+            return Accel::Tcg;
+        }
+    };
+    let seen = vm
+        .wait_for_console(probe.probe_timeout, |l| {
+            l.text.contains("KVM internal error") || INIT_MARKERS.iter().any(|m| l.text.contains(m))
+        })
+        .await;
+    let accel = match seen {
+        Ok(Some(line)) if !line.text.contains("KVM internal error") => Accel::Kvm,
+        Ok(Some(line)) => {
+            tracing::info!(line = %line.text, "kvm probe failed");
+            Accel::Tcg
+        }
+        Ok(None) => {
+            tracing::info!(timeout = ?probe.probe_timeout, "kvm probe: no userspace in time");
+            Accel::Tcg
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "kvm probe: qemu exited");
+            Accel::Tcg
+        }
+    };
+    vm.kill();
+    tracing::info!(accel = accel.as_str(), elapsed = ?start.elapsed(), "kvm probe done");
+    accel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accel_choice_parses() {
+        assert_eq!("tcg".parse::<AccelChoice>().unwrap(), AccelChoice::Tcg);
+        assert_eq!("kvm".parse::<AccelChoice>().unwrap(), AccelChoice::Kvm);
+        assert_eq!("auto".parse::<AccelChoice>().unwrap(), AccelChoice::Auto);
+        assert!("hvf".parse::<AccelChoice>().is_err());
+    }
+
+    #[test]
+    fn port_comes_from_the_last_cmdline_word() {
+        assert_eq!(cmdline_port("a vexfs.agent.port=5000 b"), Some(5000));
+        assert_eq!(
+            cmdline_port("vexfs.agent.port=1 vexfs.agent.port=2"),
+            Some(2)
+        );
+        assert_eq!(cmdline_port("quiet"), None);
+    }
+
+    #[test]
+    fn probe_cache_key_depends_on_kernel() {
+        let mut a = VmConfig::new("/k/a", "");
+        a.cache_dir = Some("/c".into());
+        let mut b = a.clone();
+        b.kernel = "/k/b".into();
+        assert_ne!(probe_cache_file(&a), probe_cache_file(&b));
+        assert!(probe_cache_file(&a).starts_with("/c/accel-probe"));
+    }
+
+    #[tokio::test]
+    async fn explicit_accel_skips_probe() {
+        let mut c = VmConfig::new("/nonexistent", "");
+        c.accel = AccelChoice::Tcg;
+        assert_eq!(resolve_accel(&c).await, Accel::Tcg);
+        c.accel = AccelChoice::Kvm;
+        assert_eq!(resolve_accel(&c).await, Accel::Kvm);
+    }
+}
