@@ -251,7 +251,7 @@ pub fn follow(
                 if !items.is_empty() && !sink(items) {
                     return Ok(());
                 }
-                std::thread::sleep(poll.min(Duration::from_millis(20)));
+                std::thread::sleep(poll.min(Duration::from_millis(5)));
                 continue;
             }
             Ok(n) => {

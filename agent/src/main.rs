@@ -10,11 +10,15 @@ fn main() -> ExitCode {
     if init::is_pid1() {
         init::run();
     }
+    let level = match std::env::var("VEXFS_AGENT_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VEXFS_AGENT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();

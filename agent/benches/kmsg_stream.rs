@@ -1,0 +1,110 @@
+//! Benchmark (not a test): kmsg streaming throughput and latency of the real agent
+//! binary on a unix socket, and its RSS while streaming.
+//!
+//! Run: `cargo bench -p vexfs-agent --bench kmsg_stream` (add `-- RECORDS` to change the
+//! backlog size). Prints one line per figure; BENCHMARKS.md keeps the numbers.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use vexfs_proto::{StreamRequest, event};
+
+fn kernel_like_line(seq: u64) -> String {
+    format!(
+        "6,{seq},{},-,caller=T{};vexfs: vexfs_write: ino {} off {} len 4096 ok\n",
+        seq * 37,
+        seq % 97,
+        seq % 1000,
+        seq * 4096
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let records: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let fx = common::Fixture::new();
+    let mut backlog = String::with_capacity(records as usize * 80);
+    for seq in 0..records {
+        backlog.push_str(&kernel_like_line(seq));
+    }
+    fx.append_kmsg(backlog.as_bytes());
+    let agent = fx.spawn(&[]);
+    let mut client = agent.client().await;
+    let rss_idle = agent.rss_kib();
+
+    // Throughput: drain a backlog of `records` records.
+    let started = Instant::now();
+    let mut stream = client
+        .stream_events(StreamRequest {
+            from_seq: 0,
+            disable_counters: true,
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut got = 0u64;
+    let mut rss_peak_sampled = 0;
+    while got < records {
+        match stream.next().await {
+            Some(Ok(ev)) => {
+                if let Some(event::Kind::Kmsg(r)) = ev.kind {
+                    assert_eq!(r.seq, got, "out of order or lost");
+                    got += 1;
+                    if got % 100_000 == 0 {
+                        rss_peak_sampled = rss_peak_sampled.max(agent.rss_kib());
+                    }
+                }
+            }
+            other => panic!("stream ended early: {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let rate = records as f64 / elapsed.as_secs_f64();
+
+    // Latency: append one record at a time and time its arrival on the live stream.
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let seq = records + i;
+        let t0 = Instant::now();
+        fx.append_kmsg(kernel_like_line(seq).as_bytes());
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("latency record never arrived")
+                .expect("stream ended")
+                .expect("stream error");
+            if matches!(ev.kind, Some(event::Kind::Kmsg(ref r)) if r.seq == seq) {
+                break;
+            }
+        }
+        lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+
+    println!("kmsg_stream records={records}");
+    println!(
+        "throughput: {rate:.0} records/s ({:.2} s for the backlog)",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "latency (file append -> client, 200 samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+    println!(
+        "agent RSS: idle {} KiB, while streaming (sampled max) {} KiB, peak (VmHWM) {} KiB",
+        rss_idle,
+        rss_peak_sampled,
+        agent.hwm_kib()
+    );
+}
