@@ -57,7 +57,7 @@ async fn main() {
                 if let Some(event::Kind::Kmsg(r)) = ev.kind {
                     assert_eq!(r.seq, got, "out of order or lost");
                     got += 1;
-                    if got % 100_000 == 0 {
+                    if got.is_multiple_of(100_000) {
                         rss_peak_sampled = rss_peak_sampled.max(agent.rss_kib());
                     }
                 }
