@@ -5,3 +5,4 @@ pub mod cli;
 pub mod client;
 pub mod transport;
 pub mod vm;
+pub mod store;
