@@ -6,3 +6,4 @@ pub mod client;
 pub mod transport;
 pub mod vm;
 pub mod store;
+pub mod trend;
