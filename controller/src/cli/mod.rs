@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
+pub mod vm;
+
 /// Exit code: everything as expected.
 pub const EXIT_OK: u8 = 0;
 /// Exit code: test failures, unexpected crashes (or, for `classify`, a crash found).
@@ -27,13 +30,21 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Boot guest VMs.
+    Vm(vm::VmArgs),
+    /// Drive a running guest agent.
+    Agent(agent::AgentArgs),
+}
 
 /// Parses arguments, runs the subcommand and maps its result to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let result: anyhow::Result<u8> = match cli.command {};
+    let result: anyhow::Result<u8> = match cli.command {
+        Command::Vm(args) => vm::run(args),
+        Command::Agent(args) => agent::run(args),
+    };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
