@@ -7,3 +7,4 @@ pub mod transport;
 pub mod vm;
 pub mod store;
 pub mod trend;
+pub mod recovery;
