@@ -90,6 +90,53 @@ async fn main() {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
 
+    // Latency through a FIFO: the reader sleeps in poll() and wakes on each write, the
+    // same path as /dev/kmsg (a plain file is polled every few ms instead).
+    let fifo_fx = common::Fixture::new();
+    std::fs::remove_file(fifo_fx.kmsg()).expect("rm kmsg");
+    nix::unistd::mkfifo(&fifo_fx.kmsg(), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let fifo_agent = fifo_fx.spawn(&[]);
+    let mut fifo_client = fifo_agent.client().await;
+    let mut fifo_stream = fifo_client
+        .stream_events(StreamRequest {
+            disable_counters: true,
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let path = fifo_fx.kmsg();
+    let mut writer = tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open fifo")
+    })
+    .await
+    .expect("join");
+    let mut fifo_lat = Vec::new();
+    for seq in 0..200u64 {
+        use std::io::Write;
+        let t0 = Instant::now();
+        writer
+            .write_all(kernel_like_line(seq).as_bytes())
+            .expect("write fifo");
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), fifo_stream.next())
+                .await
+                .expect("fifo record never arrived")
+                .expect("stream ended")
+                .expect("stream error");
+            if matches!(ev.kind, Some(event::Kind::Kmsg(ref r)) if r.seq == seq) {
+                break;
+            }
+        }
+        fifo_lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fifo_lat.sort();
+    let fpct = |p: f64| fifo_lat[((fifo_lat.len() as f64 - 1.0) * p) as usize];
+
     println!("kmsg_stream records={records}");
     println!(
         "throughput: {rate:.0} records/s ({:.2} s for the backlog)",
@@ -100,6 +147,11 @@ async fn main() {
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+    println!(
+        "latency (FIFO write -> client, poll wake-up like /dev/kmsg, 200 samples): p50 {:.3} ms, p99 {:.3} ms",
+        fpct(0.5).as_secs_f64() * 1e3,
+        fpct(0.99).as_secs_f64() * 1e3
     );
     println!(
         "agent RSS: idle {} KiB, while streaming (sampled max) {} KiB, peak (VmHWM) {} KiB",

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::{counters, exec, hung, kmsg, modules, taint};
 
 /// Events buffered per stream before the readers wait for the client.
-const STREAM_BUFFER: usize = 4096;
+const STREAM_BUFFER: usize = 1024;
 /// How often a kmsg reader with nothing to read checks whether its client left.
 const READER_POLL: Duration = Duration::from_millis(200);
 /// Shortest period a client may ask for (heartbeats, counters).
