@@ -293,7 +293,7 @@ grep -q '^CONFIG_KFENCE=y' "$config" 2>/dev/null && kfence=true
 package="linux-image-$rel"
 cmdline="console=ttyS0 rdinit=/init panic=-1 sysctl.kernel.hung_task_timeout_secs=5 sysctl.kernel.watchdog_thresh=5 sysctl.kernel.panic_on_warn=0"
 [ "$kfence" = true ] && cmdline="$cmdline kfence.sample_interval=1"
-cmdline="$cmdline vexfs.agent.port=$AGENT_PORT loglevel=5"
+cmdline="$cmdline vexfs.agent.port=$AGENT_PORT loglevel=7"
 
 json_str() { local s="$1"; s="${s//\\/\\\\}"; s="${s//\"/\\\"}"; printf '"%s"' "$s"; }
 {

@@ -30,4 +30,4 @@ kill -- -"$qpid" 2>/dev/null || true
 kill -- -"$vpid" 2>/dev/null || true
 wait "$vpid" 2>/dev/null || true
 rm -rf "$run"
-printf 'qemu exit=%s wall=%.2fs\n' "$rc" "$(echo "$end - $start" | bc -l 2>/dev/null || python3 -c "print($end-$start)")"
+awk -v rc="$rc" -v s="$start" -v e="$end" 'BEGIN { printf "qemu exit=%s wall=%.2fs\n", rc, e - s }'

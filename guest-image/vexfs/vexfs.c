@@ -403,7 +403,7 @@ static void vexfs_fire_armed_fault(struct super_block *sb)
 		spin_unlock(&sbi->lock);
 	}
 	if (name[0]) {
-		pr_info("firing armed fault '%s' in the file write path\n", name);
+		pr_warn("firing armed fault '%s' in the file write path\n", name);
 		vexfs_fire_fault(name);
 	}
 }
@@ -884,7 +884,8 @@ static const struct vexfs_fault vexfs_faults[] = {
 
 static int vexfs_fire_fault(const char *name)
 {
-	pr_info("fault injection: %s\n", name);
+	/* warning level so it reaches a console booted with loglevel=5 */
+	pr_warn("injecting fault '%s'\n", name);
 
 	if (!strcmp(name, "null"))
 		vexfs_fault_null();
