@@ -156,8 +156,16 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
                 match stream.message().await {
                     Ok(Some(ev)) => {
                         let mut out = std::io::stdout().lock();
-                        print_event(&mut out, &ev, json, all, color)?;
-                        out.flush()?;
+                        let written =
+                            print_event(&mut out, &ev, json, all, color).and_then(|()| out.flush());
+                        match written {
+                            Ok(()) => {}
+                            // `vexctl agent logs | head`: the reader is done, so are we.
+                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                                return Ok(EXIT_OK);
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     Ok(None) => {
                         eprintln!("vexctl: event stream ended");
