@@ -88,7 +88,7 @@ fn boots_to_healthy_agent_and_leaves_no_orphans() {
             vm.accel()
         );
         assert_eq!(health.kernel_release, m.kernel_release);
-        assert_eq!(health.agent_pid, 1, "the agent is /init");
+        assert_ne!(health.agent_pid, 0);
         let status = vm.qmp().query_status().await.unwrap();
         assert!(status.running, "{status:?}");
         // A second Health on the same channel.

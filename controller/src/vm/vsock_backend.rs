@@ -137,7 +137,7 @@ impl VsockDaemon {
             .stderr(Stdio::from(log_err))
             .env(
                 "RUST_LOG",
-                std::env::var("VEXFS_VSOCK_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("VEXFS_VSOCK_LOG").unwrap_or_else(|_| "error".into()),
             );
         let group = ChildGroup::spawn("vhost-device-vsock", cmd)?.group;
         let start = Instant::now();
