@@ -10,3 +10,5 @@ pub mod store;
 pub mod trend;
 pub mod recovery;
 pub mod verdict;
+pub mod guest;
+pub mod supervisor;

@@ -39,6 +39,10 @@ pub enum Error {
     },
 }
 
+/// Action name of the one attempt row per crash that sums up its whole recovery: its
+/// outcome and duration are what the recovery metrics count.
+pub const RECOVERY_SUMMARY: &str = "recovery";
+
 /// Result alias for the store.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -628,17 +632,19 @@ impl Store {
             )?,
             ..Default::default()
         };
-        // Per crash: total recovery time, whether the last attempt succeeded, and whether
-        // the crash row existed before the first attempt started.
+        // Per crash: its summary row's duration and outcome, and whether the crash was
+        // detected before the first recovery action started.
         let mut st = self.conn.prepare(
-            "SELECT c.detected_at_ms, min(a.started_at_ms), sum(a.duration_ms),
-                    max(CASE WHEN a.outcome = 'succeeded' THEN 1 ELSE 0 END)
+            "SELECT c.detected_at_ms, min(a.started_at_ms),
+                    sum(CASE WHEN a.action = ?2 THEN a.duration_ms ELSE 0 END),
+                    max(CASE WHEN a.action = ?2 AND a.outcome = 'succeeded' THEN 1 ELSE 0 END)
              FROM crashes c JOIN recovery_attempts a ON a.crash_id = c.id
              WHERE (?1 IS NULL OR c.run_id = ?1)
-             GROUP BY c.id",
+             GROUP BY c.id
+             HAVING sum(a.action = ?2) > 0",
         )?;
         let rows: Vec<(i64, i64, i64, i64)> = st
-            .query_map(params![run_id], |r| {
+            .query_map(params![run_id, RECOVERY_SUMMARY], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<std::result::Result<_, _>>()?;
@@ -726,7 +732,7 @@ mod tests {
                 run_id: Some(run),
                 crash_id: Some(id),
                 level: 1 + i as i64,
-                action: "reload".into(),
+                action: RECOVERY_SUMMARY.into(),
                 started_at_ms: 200,
                 duration_ms: *ms,
                 outcome: if *ok { "succeeded" } else { "failed" }.into(),

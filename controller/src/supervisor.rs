@@ -1,0 +1,555 @@
+//! The supervisor's eyes: watches one running guest through every signal it gives
+//! (serial console, the agent's event stream, QMP state and events, QEMU's exit) and
+//! turns them into observations: classified crashes, hung-task notices, counter
+//! samples and liveness verdicts. Deciding and acting is `recovery` and `guest`.
+//!
+//! Crashes are classified from both the console (which survives the agent: panics,
+//! hangs) and the kmsg stream (caller ids, no console loglevel filter), and
+//! deduplicated per boot by signature, so one bug gives one crash.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use vexfs_proto::{Counters, HungTask, StreamRequest, event};
+
+use crate::classify::{Classifier, CrashReport};
+use crate::client::AgentClient;
+use crate::transport::Address;
+use crate::verdict::{self, Link, Signals, Timeouts, Verdict, VmState};
+use crate::vm::Vm;
+use crate::vm::console::Source;
+
+/// How long a classifier may hold an open report with no new input before the watcher
+/// looks at it anyway: after a panic or hang the console goes quiet mid-report.
+const IDLE_FLUSH: Duration = Duration::from_millis(1500);
+/// How often verdicts are re-judged.
+const JUDGE_EVERY: Duration = Duration::from_millis(200);
+/// Console lines kept for crash excerpts.
+const EXCERPT_LINES: usize = 200;
+
+/// Where a crash report was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashSource {
+    /// The serial console.
+    Console,
+    /// The agent's kmsg stream.
+    Kmsg,
+}
+
+/// Something the watcher saw.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    /// A classified crash, first sighting of its signature in this boot.
+    Crash {
+        /// The report.
+        report: Box<CrashReport>,
+        /// Where it was read.
+        source: CrashSource,
+        /// Boot id of the guest at the time.
+        boot_id: String,
+        /// When it was seen.
+        at: Instant,
+    },
+    /// A task stuck in D state (agent scan) or the kernel's hung-task notice.
+    Hung(HungTask),
+    /// A counter sample.
+    Counters(Box<Counters>),
+    /// Kernel log records lost before the agent could read them.
+    Gap {
+        /// First lost seq.
+        from: u64,
+        /// Last lost seq.
+        to: u64,
+    },
+    /// The liveness verdict changed to this one.
+    Verdict(Verdict),
+}
+
+/// Watch settings.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Verdict timeouts.
+    pub timeouts: Timeouts,
+    /// Counter sample period (None: no counters).
+    pub counters: Option<Duration>,
+    /// Process names whose fd counts the agent samples.
+    pub fd_watch: Vec<String>,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            timeouts: Timeouts::default(),
+            counters: Some(Duration::from_secs(1)),
+            fd_watch: Vec::new(),
+        }
+    }
+}
+
+/// What the watcher knows, shared between its tasks.
+#[derive(Debug)]
+struct State {
+    last_heartbeat: Option<Instant>,
+    last_console: Option<Instant>,
+    panic_seen: bool,
+    vm_state: VmState,
+    qemu_exited: Option<Option<i32>>,
+    boot_id: String,
+    current_boot_id: String,
+    link: Link,
+    agent_pid: u32,
+    agent_restarted: bool,
+    last_seq: Option<u64>,
+    /// (boot id, signature) already reported.
+    seen: HashSet<(String, String)>,
+    excerpt: std::collections::VecDeque<String>,
+}
+
+impl State {
+    fn signals(&self, now: Instant) -> Signals {
+        let age = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+        Signals {
+            qemu_exited: self.qemu_exited,
+            vm_state: self.vm_state,
+            panic_seen: self.panic_seen,
+            since_heartbeat: age(self.last_heartbeat),
+            since_console: age(self.last_console),
+            boot_id: self.boot_id.clone(),
+            current_boot_id: self.current_boot_id.clone(),
+            link: self.link,
+            agent_restarted: self.agent_restarted,
+        }
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    // A panicked task cannot leave the state half-written in a way that matters here.
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A running watch over one guest. Dropping it stops its tasks.
+#[derive(Debug)]
+pub struct Watch {
+    state: Shared,
+    rx: mpsc::Receiver<Observation>,
+    tasks: JoinSet<()>,
+    timeouts: Timeouts,
+}
+
+impl Watch {
+    /// Starts watching `vm`, whose agent answered Health with `boot_id` and `agent_pid`.
+    pub fn start(vm: &Vm, boot_id: &str, agent_pid: u32, opts: WatchOptions) -> Watch {
+        let now = Instant::now();
+        let state: Shared = Arc::new(Mutex::new(State {
+            last_heartbeat: Some(now),
+            last_console: None,
+            panic_seen: false,
+            vm_state: VmState::Running,
+            qemu_exited: None,
+            boot_id: boot_id.to_string(),
+            current_boot_id: boot_id.to_string(),
+            link: Link::Up,
+            agent_pid,
+            agent_restarted: false,
+            last_seq: None,
+            seen: HashSet::new(),
+            excerpt: std::collections::VecDeque::with_capacity(EXCERPT_LINES),
+        }));
+        let (tx, rx) = mpsc::channel(4096);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(console_task(vm, state.clone(), tx.clone()));
+        if let Some(addr) = vm.agent_address().cloned() {
+            tasks.spawn(agent_task(addr, state.clone(), tx.clone(), opts.clone()));
+        }
+        tasks.spawn(qmp_task(vm, state.clone()));
+        tasks.spawn(exit_task(vm, state.clone()));
+        tasks.spawn(judge_task(state.clone(), tx, opts.timeouts));
+        Watch {
+            state,
+            rx,
+            tasks,
+            timeouts: opts.timeouts,
+        }
+    }
+
+    /// The next observation (None when every task ended).
+    pub async fn recv(&mut self) -> Option<Observation> {
+        self.rx.recv().await
+    }
+
+    /// The next observation within `timeout`.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Option<Observation> {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The signals as of now.
+    pub fn signals(&self) -> Signals {
+        lock(&self.state).signals(Instant::now())
+    }
+
+    /// The verdict as of now.
+    pub fn verdict(&self) -> Verdict {
+        verdict::judge(&self.signals(), &self.timeouts)
+    }
+
+    /// Last kmsg seq the watcher has read.
+    pub fn last_seq(&self) -> Option<u64> {
+        lock(&self.state).last_seq
+    }
+
+    /// The last console lines, for crash excerpts.
+    pub fn console_excerpt(&self) -> String {
+        let s = lock(&self.state);
+        s.excerpt
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops the tasks now.
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// Feeds text to a classifier; returns the reports it completed, plus, when the input
+/// has gone idle, the report still open (looked at through a clone, so the real
+/// completion later dedupes against it).
+struct LiveClassifier {
+    inner: Classifier,
+}
+
+impl LiveClassifier {
+    fn new() -> Self {
+        Self {
+            inner: Classifier::new(),
+        }
+    }
+
+    fn feed(&mut self, line: &str) -> Vec<CrashReport> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.inner.feed(&bytes)
+    }
+
+    fn idle(&self) -> Vec<CrashReport> {
+        self.inner.clone().finish()
+    }
+}
+
+/// Sends the reports whose signature is new in this boot.
+async fn report(
+    state: &Shared,
+    tx: &mpsc::Sender<Observation>,
+    reports: Vec<CrashReport>,
+    source: CrashSource,
+) -> bool {
+    for r in reports {
+        let boot_id = {
+            let mut s = lock(state);
+            let key = (s.current_boot_id.clone(), r.signature.clone());
+            if !s.seen.insert(key) {
+                continue;
+            }
+            s.current_boot_id.clone()
+        };
+        let obs = Observation::Crash {
+            report: Box::new(r),
+            source,
+            boot_id,
+            at: Instant::now(),
+        };
+        if tx.send(obs).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn console_task(
+    vm: &Vm,
+    state: Shared,
+    tx: mpsc::Sender<Observation>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut lines = vm.console().subscribe();
+    async move {
+        let mut classifier = LiveClassifier::new();
+        let mut dirty = false;
+        loop {
+            let line = match tokio::time::timeout(IDLE_FLUSH, lines.recv()).await {
+                Ok(Ok(line)) => line,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                    tracing::warn!("console watcher lagged {n} lines");
+                    continue;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    if dirty {
+                        dirty = false;
+                        if !report(&state, &tx, classifier.idle(), CrashSource::Console).await {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            };
+            if line.source != Source::Serial {
+                continue;
+            }
+            {
+                let mut s = lock(&state);
+                s.last_console = Some(Instant::now());
+                if line.text.contains("Kernel panic - not syncing") {
+                    s.panic_seen = true;
+                }
+                if s.excerpt.len() == EXCERPT_LINES {
+                    s.excerpt.pop_front();
+                }
+                s.excerpt.push_back(line.text.clone());
+            }
+            dirty = true;
+            let done = classifier.feed(&line.text);
+            if !report(&state, &tx, done, CrashSource::Console).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Renders a kmsg record as a console line with timestamp and caller id, which is what
+/// the classifier knows how to de-interleave.
+fn kmsg_line(r: &vexfs_proto::KmsgRecord) -> String {
+    let caller = if r.caller.is_empty() {
+        String::new()
+    } else {
+        format!("[{:>6}]", r.caller)
+    };
+    format!(
+        "[{:5}.{:06}]{caller} {}",
+        r.ts_us / 1_000_000,
+        r.ts_us % 1_000_000,
+        r.text
+    )
+}
+
+async fn agent_task(
+    addr: Address,
+    state: Shared,
+    tx: mpsc::Sender<Observation>,
+    opts: WatchOptions,
+) {
+    let mut classifier = LiveClassifier::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut client = AgentClient::connect(&addr).await?;
+            let health = client.health().await?;
+            {
+                let mut s = lock(&state);
+                if s.link == Link::Reset {
+                    s.link = Link::Reconnected;
+                }
+                s.current_boot_id = health.boot_id.clone();
+                if health.agent_pid != s.agent_pid && health.boot_id == s.boot_id {
+                    s.agent_restarted = true;
+                }
+                s.agent_pid = health.agent_pid;
+            }
+            let from_seq = lock(&state).last_seq.map_or(0, |s| s + 1);
+            let req = StreamRequest {
+                from_seq,
+                heartbeat_ms: u32::try_from(opts.timeouts.heartbeat.as_millis()).unwrap_or(1000),
+                counters_ms: opts
+                    .counters
+                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(1000)),
+                disable_counters: opts.counters.is_none(),
+                fd_watch: opts.fd_watch.clone(),
+            };
+            let stream = client.stream_events(req).await?;
+            Ok::<_, crate::client::ClientError>(stream)
+        };
+        let mut stream = match attempt.await {
+            Ok(s) => {
+                backoff = Duration::from_millis(100);
+                s
+            }
+            Err(e) => {
+                tracing::debug!("agent stream: {e}");
+                lock(&state).link = Link::Reset;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut dirty = false;
+        loop {
+            let msg = match tokio::time::timeout(IDLE_FLUSH, stream.message()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    if dirty {
+                        dirty = false;
+                        if !report(&state, &tx, classifier.idle(), CrashSource::Kmsg).await {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let ev = match msg {
+                Ok(Some(ev)) => ev,
+                Ok(None) | Err(_) => {
+                    lock(&state).link = Link::Reset;
+                    break;
+                }
+            };
+            let obs = match ev.kind {
+                Some(event::Kind::Heartbeat(hb)) => {
+                    let mut s = lock(&state);
+                    s.last_heartbeat = Some(Instant::now());
+                    if !hb.boot_id.is_empty() {
+                        s.current_boot_id = hb.boot_id;
+                    }
+                    None
+                }
+                Some(event::Kind::Kmsg(r)) => {
+                    lock(&state).last_seq = Some(r.seq);
+                    dirty = true;
+                    let done = classifier.feed(&kmsg_line(&r));
+                    if !report(&state, &tx, done, CrashSource::Kmsg).await {
+                        return;
+                    }
+                    None
+                }
+                Some(event::Kind::HungTask(h)) => Some(Observation::Hung(h)),
+                Some(event::Kind::Counters(c)) => Some(Observation::Counters(Box::new(c))),
+                Some(event::Kind::Gap(g)) => Some(Observation::Gap {
+                    from: g.from,
+                    to: g.to,
+                }),
+                None => None,
+            };
+            if let Some(obs) = obs
+                && tx.send(obs).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn qmp_task(vm: &Vm, state: Shared) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut events = vm.qmp().subscribe();
+    async move {
+        loop {
+            let ev = match events.recv().await {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let new = match ev.name.as_str() {
+                "GUEST_PANICKED" => Some(VmState::GuestPanicked),
+                "STOP" => Some(VmState::Paused),
+                "RESUME" => Some(VmState::Running),
+                "SHUTDOWN" => Some(VmState::Shutdown),
+                "RESET" => Some(VmState::Running),
+                _ => None,
+            };
+            if let Some(new) = new {
+                let mut s = lock(&state);
+                // A panicked guest stays panicked until reset, whatever STOP follows.
+                if s.vm_state != VmState::GuestPanicked || ev.name == "RESET" {
+                    s.vm_state = new;
+                }
+            }
+        }
+    }
+}
+
+fn exit_task(vm: &Vm, state: Shared) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut exit = vm.exit_watch();
+    async move {
+        loop {
+            if let Some(status) = *exit.borrow_and_update() {
+                lock(&state).qemu_exited = Some(status.code());
+                return;
+            }
+            if exit.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn judge_task(state: Shared, tx: mpsc::Sender<Observation>, timeouts: Timeouts) {
+    let mut last = Verdict::Healthy;
+    let mut tick = tokio::time::interval(JUDGE_EVERY);
+    loop {
+        tick.tick().await;
+        let v = verdict::judge(&lock(&state).signals(Instant::now()), &timeouts);
+        if v != last {
+            last = v.clone();
+            if tx.send(Observation::Verdict(v)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmsg_records_render_as_console_lines() {
+        let r = vexfs_proto::KmsgRecord {
+            ts_us: 12_345_678,
+            caller: "T42".into(),
+            text: "BUG: kernel NULL pointer dereference, address: 0000000000000000".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            kmsg_line(&r),
+            "[   12.345678][   T42] BUG: kernel NULL pointer dereference, address: 0000000000000000"
+        );
+    }
+
+    #[test]
+    fn idle_peek_agrees_with_the_whole_log() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guest-image/fixtures/6.12.117+deb12-amd64/null.log"
+        );
+        let log = std::fs::read_to_string(path).expect("fixture");
+        let mut c = LiveClassifier::new();
+        let mut seen: Vec<String> = Vec::new();
+        for l in log.lines() {
+            seen.extend(c.feed(l).into_iter().map(|r| r.signature));
+        }
+        // The console went quiet: what the peek adds completes the picture.
+        seen.extend(c.idle().into_iter().map(|r| r.signature));
+        seen.dedup();
+        let whole: Vec<String> = crate::classify::classify(log.as_bytes())
+            .into_iter()
+            .map(|r| r.signature)
+            .collect();
+        assert!(!whole.is_empty());
+        assert_eq!(seen, whole);
+    }
+}
