@@ -88,12 +88,10 @@ if [ "${VEXFS_SKIP_IMAGES:-}" = 1 ]; then
     exit 0
 fi
 if [ $# -gt 0 ]; then kernels="$*"; else kernels="${VEXFS_KERNELS:-latest-6.12 latest-6.1}"; fi
-# shellcheck source=../guest-image/fetch-kernel.sh
-. "$REPO/guest-image/fetch-kernel.sh"
 for k in $kernels; do
     case "$k" in
-        latest-*) rel=$(latest_release "${k#latest-}") ;;
-        *) rel=$(release_of "$k") ;;
+        latest-*) rel=$("$REPO/guest-image/fetch-kernel.sh" latest "${k#latest-}") ;;
+        *) rel="${k#linux-image-}" ;;
     esac
     out=$("$REPO/guest-image/build-image.sh" --agent "$agent" "$rel")
     log "ok: image $rel: $out/manifest.json"
