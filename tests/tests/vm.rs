@@ -323,3 +323,47 @@ fn every_cached_kernel_boots_to_a_healthy_agent() {
         }
     });
 }
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn accel_probe_result_is_cached_per_kernel() {
+    let _one = serial();
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        // Without /dev/kvm there is nothing to probe: the answer is TCG, uncached.
+        let mut cfg = config(&manifest(None));
+        cfg.accel = AccelChoice::Tcg;
+        assert_eq!(
+            rt().block_on(vexfs_controller::vm::resolve_accel(&cfg)),
+            vexfs_controller::vm::Accel::Tcg
+        );
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = config(&manifest(None));
+    cfg.cache_dir = Some(cache.path().to_path_buf());
+    let file = vexfs_controller::vm::probe_cache_file(&cfg);
+    rt().block_on(async {
+        let t = Instant::now();
+        let first = if std::env::var_os(vexfs_controller::vm::ACCEL_ENV).is_some() {
+            // The env var overrides resolve_accel: probe directly.
+            vexfs_controller::vm::probe_kvm(&cfg).await
+        } else {
+            let first = vexfs_controller::vm::resolve_accel(&cfg).await;
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), first.as_str());
+            let again = Instant::now();
+            assert_eq!(vexfs_controller::vm::resolve_accel(&cfg).await, first);
+            assert!(
+                again.elapsed() < Duration::from_millis(500),
+                "second answer comes from the cache"
+            );
+            first
+        };
+        eprintln!("kvm probe: {first:?} in {:?}", t.elapsed());
+        assert!(t.elapsed() < cfg.probe_timeout + Duration::from_secs(10));
+    });
+}

@@ -673,6 +673,61 @@ mod tests {
         assert!(probe_cache_file(&a).starts_with("/c/accel-probe"));
     }
 
+    fn scratch_config(dir: &Path, qemu: &str) -> VmConfig {
+        let mut c = VmConfig::new("/nonexistent/kernel", "quiet");
+        c.qemu_binary = qemu.into();
+        c.vsock = VsockChoice::None;
+        c.run_parent = Some(dir.to_path_buf());
+        c
+    }
+
+    #[tokio::test]
+    async fn missing_qemu_is_a_spawn_error_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Vm::launch_with(&scratch_config(dir.path(), "/nonexistent/qemu"), Accel::Tcg)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VmError::Spawn(_)), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "run dir removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn early_qemu_exit_is_reported_with_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        // A "QEMU" that prints like a guest and on stderr, then fails.
+        let fake = dir.path().join("fake-qemu");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho 'Linux version 0.0'\necho 'KVM internal error' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let parent = dir.path().join("runs");
+        let start = Instant::now();
+        let err = Vm::launch_with(&scratch_config(&parent, fake.to_str().unwrap()), Accel::Tcg)
+            .await
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        match err {
+            VmError::Exited { status, tail, .. } => {
+                assert_eq!(status.code(), Some(1));
+                assert!(tail.contains("Linux version 0.0"), "{tail}");
+                assert!(tail.contains("qemu: KVM internal error"), "{tail}");
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(&parent).unwrap().count(),
+            0,
+            "run dir removed"
+        );
+    }
+
     #[tokio::test]
     async fn explicit_accel_skips_probe() {
         let mut c = VmConfig::new("/nonexistent", "");
