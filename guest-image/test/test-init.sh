@@ -59,12 +59,22 @@ case "$fault" in
     cat /mnt/f; say "read after corruption rc=$?"
     echo more >> /mnt/f; say "write after corruption rc=$?"
     umount /mnt; say "umount rc=$?" ;;
+  arm_warn)
+    echo warn > /sys/kernel/debug/vexfs/arm; say "armed: $(cat /sys/kernel/debug/vexfs/arm)"
+    mount -t vexfs none /mnt; sh -c 'echo x > /mnt/f'; say "write rc=$?"
+    sh -c 'echo y > /mnt/f'; say "second write rc=$? (fault fires once)"; umount /mnt ;;
+  rmmod)
+    mount -t vexfs none /mnt; echo x > /mnt/f
+    rmmod vexfs; say "rmmod while mounted rc=$? (expected failure)"
+    umount /mnt; rmmod vexfs; say "rmmod rc=$?"
+    grep -q vexfs /proc/filesystems && say "still registered" || say "unregistered" ;;
   armed_null)
     mount -t vexfs -o fault=null none /mnt; sh -c 'echo boom > /mnt/f'; say "write rc=$?" ;;
   corrupt_sb) ;;  # the corrupt-superblock mounts above are the test
   deadlock|thread_deadlock)
     sh -c "echo $fault > $T" &
-    sleep 25 ;;
+    sleep 25
+    rmmod vexfs; say "rmmod after $fault rc=$? (expected EBUSY: module pinned)" ;;
   softlockup)
     sh -c "echo $fault > $T" &
     sleep 36 ;;

@@ -685,7 +685,7 @@ static struct file_system_type vexfs_fs_type = {
 	.name			= "vexfs",
 	.init_fs_context	= vexfs_init_fs_context,
 	.kill_sb		= vexfs_kill_sb,
-	.fs_flags		= FS_USERNS_MOUNT,
+	/* no FS_USERNS_MOUNT: "-o fault=" must stay root-only */
 };
 
 /* ------------------------------------------------------------------------ */
