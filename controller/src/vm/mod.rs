@@ -69,6 +69,12 @@ pub enum VmError {
     /// The agent did not answer.
     #[error(transparent)]
     Agent(#[from] ClientError),
+    /// The guest kernel panicked (pvpanic) before the agent answered.
+    #[error("guest panicked; last output:\n{tail}")]
+    GuestPanicked {
+        /// Last console lines.
+        tail: String,
+    },
     /// The VM has no vsock device, so no agent address.
     #[error("vm has no vsock device")]
     NoVsock,
@@ -110,6 +116,36 @@ impl AccelChoice {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_default()
+    }
+}
+
+/// Guest state as told by QMP events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestEvents {
+    /// GUEST_PANICKED was seen.
+    pub panicked: bool,
+    /// SHUTDOWN was seen.
+    pub shutdown: bool,
+    /// STOP was seen after the last RESUME.
+    pub stopped: bool,
+    /// RESET events seen (guest reboots and system_reset).
+    pub resets: u32,
+    /// The last event's name.
+    pub last: Option<String>,
+}
+
+impl GuestEvents {
+    /// Folds one event in.
+    pub fn record(&mut self, name: &str) {
+        match name {
+            "GUEST_PANICKED" => self.panicked = true,
+            "SHUTDOWN" => self.shutdown = true,
+            "STOP" => self.stopped = true,
+            "RESUME" => self.stopped = false,
+            "RESET" => self.resets += 1,
+            _ => {}
+        }
+        self.last = Some(name.to_string());
     }
 }
 
@@ -241,6 +277,8 @@ pub struct Vm {
     console: Console,
     agent_addr: Option<Address>,
     qmp: Option<Qmp>,
+    guest: watch::Receiver<GuestEvents>,
+    guest_task: Option<tokio::task::JoinHandle<()>>,
     qemu: Option<ChildGroup>,
     daemon: Option<VsockDaemon>,
 }
@@ -275,6 +313,8 @@ impl Vm {
             console: Console::new(Instant::now()),
             agent_addr: None,
             qmp: None,
+            guest: watch::channel(GuestEvents::default()).1,
+            guest_task: None,
             qemu: None,
             daemon: None,
         };
@@ -358,6 +398,19 @@ impl Vm {
                 Qmp::connect(&qmp_path, Duration::from_secs(10)),
             )
             .await??;
+        // Track guest state from QMP events from the first moment on.
+        let (tx, rx) = watch::channel(GuestEvents::default());
+        let mut events = qmp.subscribe();
+        vm.guest = rx;
+        vm.guest_task = Some(tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(ev) => tx.send_modify(|g| g.record(&ev.name)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+        }));
         vm.qmp = Some(qmp);
         Ok(vm)
     }
@@ -448,18 +501,47 @@ impl Vm {
         self.qemu.as_ref().and_then(ChildGroup::try_status)
     }
 
-    /// Waits until the agent answers Health (or QEMU exits, or `timeout` passes).
+    /// What QMP events said about the guest so far (panic, shutdown, resets).
+    pub fn guest_events(&self) -> watch::Receiver<GuestEvents> {
+        self.guest.clone()
+    }
+
+    /// Waits until the agent answers Health (or QEMU exits, the guest panics, or
+    /// `timeout` passes).
     pub async fn wait_for_agent(
         &self,
         timeout: Duration,
     ) -> Result<(AgentClient, vexfs_proto::HealthReply), VmError> {
         let addr = self.agent_addr.clone().ok_or(VmError::NoVsock)?;
-        Ok(self
-            .until_exit(
-                "waiting for the agent",
-                AgentClient::connect_healthy(&addr, timeout),
-            )
-            .await??)
+        let mut guest = self.guest.clone();
+        let healthy = AgentClient::connect_healthy(&addr, timeout);
+        let panicked = guest.wait_for(|g| g.panicked);
+        let raced = async {
+            tokio::select! {
+                r = healthy => Ok(r),
+                p = panicked => Err(p.is_ok()),
+            }
+        };
+        match self.until_exit("waiting for the agent", raced).await? {
+            Ok(r) => Ok(r?),
+            Err(true) => {
+                // Let the console reader catch up with the panic text.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(VmError::GuestPanicked {
+                    tail: self.output_tail(40),
+                })
+            }
+            // The event task ended (QMP closed): QEMU is exiting; report that.
+            Err(false) => {
+                let status = self.wait_exit(Duration::from_secs(2)).await;
+                Err(VmError::Exited {
+                    status: status
+                        .unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(0)),
+                    during: "waiting for the agent",
+                    tail: self.output_tail(30),
+                })
+            }
+        }
     }
 
     /// Waits until a console line satisfies `pred` (or QEMU exits, or `timeout`).
@@ -508,6 +590,9 @@ impl Vm {
     }
 
     fn teardown(&mut self) {
+        if let Some(task) = self.guest_task.take() {
+            task.abort();
+        }
         self.qmp = None;
         // QEMU first: the daemon outlives its VM otherwise logs a disconnect.
         drop(self.qemu.take());
@@ -644,6 +729,17 @@ pub async fn probe_kvm(cfg: &VmConfig) -> Accel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_events_fold() {
+        let mut g = GuestEvents::default();
+        for e in ["STOP", "RESUME", "RESET", "RESET", "GUEST_PANICKED", "STOP"] {
+            g.record(e);
+        }
+        assert!(g.panicked && g.stopped && !g.shutdown);
+        assert_eq!(g.resets, 2);
+        assert_eq!(g.last.as_deref(), Some("STOP"));
+    }
 
     #[test]
     fn accel_choice_parses() {
