@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod agent;
+pub mod classify;
 pub mod vm;
 
 /// Exit code: everything as expected.
@@ -31,6 +32,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Classify the crashes in a kernel log.
+    Classify(classify::ClassifyArgs),
     /// Boot guest VMs.
     Vm(vm::VmArgs),
     /// Drive a running guest agent.
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
     let result: anyhow::Result<u8> = match cli.command {
+        Command::Classify(args) => classify::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
     };

@@ -1,0 +1,270 @@
+//! The incremental classifier: bytes in, completed crash reports out.
+//!
+//! While no report is open, complete lines are skipped with a multi-pattern
+//! prefilter over the raw bytes (the common case: hours of quiet console). A header
+//! hit opens a report; lines are then taken one by one until the report ends: an end
+//! marker (`---[ end trace`, a sanitizer's closing `====`, `</TASK>`) followed by an
+//! unrelated line, the next crash header, a gap of unrelated lines, a size cap, or
+//! [`Classifier::finish`]. Only complete lines are ever examined, so how the input
+//! is chunked cannot change the result.
+
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+use regex::Regex;
+
+use super::CrashReport;
+use super::lines::Line;
+use super::oops::{self, HeaderHit, OOPSES};
+use super::parse;
+
+/// Lines of unrelated output after which an open report is considered finished.
+const GAP: usize = 15;
+/// Cap on the lines of one report.
+const MAX_LINES: usize = 2000;
+/// Cap on interleaved lines from other callers while a report is open.
+const MAX_FOREIGN: usize = 2000;
+/// After an end marker, this many foreign lines finish the report.
+const ENDED_FOREIGN: usize = 5;
+/// Within this many lines of a header, an oops line is part of the same crash
+/// (`kernel BUG at` is followed by `invalid opcode:`).
+const ATTACHED: usize = 8;
+
+static PREFILTER: LazyLock<AhoCorasick> =
+    LazyLock::new(|| AhoCorasick::new(oops::header_strings()).expect("prefilter"));
+
+/// Lines that clearly belong to a report (stack dumps, registers, lockdep chains).
+static REPORTISH: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^(?:\s|<|#|-|=|\*|\[<|\(|\?|",
+        r"[A-Z0-9]{2,3}: ?[0-9a-f(]|R[A-Z0-9]{1,2}: |[A-Z]{2}: |",
+        r"Code:|RIP:|Call Trace|Call trace|Modules linked in|CPU:|Hardware name|Workqueue:|",
+        r"Tainted:|Kernel panic|Kernel Offset|Showing|NMI backtrace|Sending NMI|",
+        r"[0-9]+ locks? held|no locks held|other info|the existing|which lock|but task|",
+        r"Possible unsafe|Chain exists|stack backtrace|irq event|hardirqs|softirqs|",
+        r"Allocated|Freed|allocated by|freed by|The buggy|Memory state|page:|flags:|raw:|",
+        r"page dumped|Disabling lock debugging|Last potentially|Second to last|",
+        r"Uninit was|Local variable|Bytes [0-9]|Byte [0-9]|kfence-#|Use-after-free|",
+        r"Out-of-bounds|Invalid|Corrupted memory|unreferenced object|comm |hex dump|",
+        r"backtrace|Backtrace|Exception stack|PC is at|LR is at|pc :|lr :|sp :|x[0-9]+:|",
+        r"Internal error|Process |Stack:|Instruction dump|NIP|LR|task:|",
+        r"INFO: lockdep|.*\+0x[0-9a-f]+/0x[0-9a-f]+|[a-z0-9_]+: [0-9a-f]{8})"
+    ))
+    .expect("reportish regex")
+});
+
+/// End markers: after one, the report ends at the next line that is not report-ish.
+static SOFT_END: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"---\[ end trace|</TASK>|^=+\s*$").expect("soft end regex"));
+
+#[derive(Clone)]
+struct Pending {
+    hit: HeaderHit,
+    start_line: usize,
+    caller: Option<String>,
+    stamps: u8,
+    lines: Vec<Line>,
+    /// Number of leading `lines` that belong to the report.
+    keep: usize,
+    gap: usize,
+    foreign: usize,
+    ended: bool,
+}
+
+/// Incremental crash classifier over a byte stream.
+#[derive(Default, Clone)]
+pub struct Classifier {
+    buf: Vec<u8>,
+    line_no: usize,
+    pending: Option<Pending>,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("buffered", &self.buf.len())
+            .field("line_no", &self.line_no)
+            .field("open_report", &self.pending.is_some())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// A classifier at the start of a log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds more bytes; returns the reports this input completed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<CrashReport> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        self.process(false, &mut out);
+        out
+    }
+
+    /// Ends the input: the last partial line is a line, open reports complete.
+    pub fn finish(mut self) -> Vec<CrashReport> {
+        let mut out = Vec::new();
+        self.process(true, &mut out);
+        if let Some(p) = self.pending.take() {
+            out.push(close(p));
+        }
+        out
+    }
+
+    fn process(&mut self, finishing: bool, out: &mut Vec<CrashReport>) {
+        let complete_end = if finishing {
+            self.buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &self.buf) {
+                Some(i) => i + 1,
+                None => return,
+            }
+        };
+        let mut pos = 0;
+        while pos < complete_end {
+            if self.pending.is_none() {
+                let region = &self.buf[pos..complete_end];
+                match PREFILTER.find(region) {
+                    None => {
+                        self.line_no += count_newlines(region);
+                        pos = complete_end;
+                        break;
+                    }
+                    Some(m) => {
+                        let hit = pos + m.start();
+                        let line_start = memchr::memrchr(b'\n', &self.buf[pos..hit])
+                            .map_or(pos, |i| pos + i + 1);
+                        self.line_no += count_newlines(&self.buf[pos..line_start]);
+                        pos = line_start;
+                    }
+                }
+            }
+            let end = memchr::memchr(b'\n', &self.buf[pos..complete_end])
+                .map_or(complete_end, |i| pos + i);
+            let line = Line::parse(&self.buf[pos..end]);
+            pos = if end < complete_end {
+                end + 1
+            } else {
+                complete_end
+            };
+            self.handle_line(line, out);
+            self.line_no += 1;
+        }
+        self.buf.drain(..pos);
+    }
+
+    fn handle_line(&mut self, line: Line, out: &mut Vec<CrashReport>) {
+        let header = if PREFILTER.is_match(line.text.as_bytes()) {
+            oops::match_header(&line.text)
+        } else {
+            None
+        };
+        let Some(p) = self.pending.as_mut() else {
+            if let Some(hit) = header {
+                self.open(hit, line);
+            }
+            return;
+        };
+        let foreign = matches!((&p.caller, &line.caller), (Some(a), Some(b)) if a != b)
+            || line.stamps < p.stamps;
+        if let Some(hit) = header
+            && !foreign
+        {
+            if attached(p, hit) {
+                p.lines.push(line);
+                p.keep = p.lines.len();
+                p.gap = 0;
+                return;
+            }
+            // Another task's message landing inside a stack dump is interleaving,
+            // not the end of this report.
+            if !p.ended && in_trace(p) {
+                p.foreign += 1;
+                return;
+            }
+            let done = self.pending.take().map(close);
+            out.extend(done);
+            self.open(hit, line);
+            return;
+        }
+        if foreign {
+            p.foreign += 1;
+            if p.foreign >= MAX_FOREIGN || (p.ended && p.foreign >= ENDED_FOREIGN) {
+                out.extend(self.pending.take().map(close));
+            }
+            return;
+        }
+        let text = line.text.as_str();
+        let blank = text.trim().is_empty();
+        let reportish = !blank && REPORTISH.is_match(text);
+        if p.ended && !blank && !reportish {
+            out.extend(self.pending.take().map(close));
+            return;
+        }
+        p.lines.push(line);
+        if reportish {
+            p.keep = p.lines.len();
+            p.gap = 0;
+        } else if !blank {
+            p.gap += 1;
+        }
+        let last = &p.lines[p.lines.len() - 1].text;
+        if SOFT_END.is_match(last) && (p.lines.len() > 3 || !last.starts_with('=')) {
+            p.ended = true;
+        }
+        if p.gap >= GAP || p.lines.len() >= MAX_LINES {
+            out.extend(self.pending.take().map(close));
+        }
+    }
+
+    fn open(&mut self, hit: HeaderHit, line: Line) {
+        self.pending = Some(Pending {
+            hit,
+            start_line: self.line_no,
+            caller: line.caller.clone(),
+            stamps: line.stamps,
+            lines: vec![line],
+            keep: 1,
+            gap: 0,
+            foreign: 0,
+            ended: false,
+        });
+    }
+}
+
+/// Whether a header inside an open report is a consequence of the same crash.
+fn attached(p: &Pending, hit: HeaderHit) -> bool {
+    let header = OOPSES[hit.oops].header;
+    match header {
+        // Panics after an oops/warning/lockup are that crash's ending.
+        "Kernel panic" => OOPSES[p.hit.oops].header != "Kernel panic" || p.lines.len() < ATTACHED,
+        "invalid opcode:"
+        | "divide error:"
+        | "general protection fault"
+        | "stack segment: "
+        | "Internal error:"
+        | "Unable to handle kernel" => p.lines.len() < ATTACHED,
+        _ => false,
+    }
+}
+
+/// True while the report's last line is a stack frame.
+fn in_trace(p: &Pending) -> bool {
+    p.lines
+        .iter()
+        .rev()
+        .find(|l| !l.text.trim().is_empty())
+        .is_some_and(|l| super::frames::parse_frame(&l.text).is_some() || l.text.contains("+0x"))
+}
+
+fn close(mut p: Pending) -> CrashReport {
+    p.lines.truncate(p.keep.max(1));
+    parse::build(&p.lines, p.hit, p.start_line)
+}
+
+/// Newline count; a plain loop the compiler vectorises.
+fn count_newlines(b: &[u8]) -> usize {
+    b.iter().filter(|&&c| c == b'\n').count()
+}

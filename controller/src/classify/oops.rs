@@ -1,0 +1,688 @@
+//! The oops table: the header strings that start a crash report, and per header the
+//! title formats (a regex over the report's first lines, a title template, how to
+//! find the title's stack frame). Modelled on syzkaller's `linuxOopses`.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::frames::{Extractor, FUNC, PC};
+
+/// One step of stack-frame extraction.
+pub(crate) enum Part {
+    /// The next line matching this regex; its first group, if any, is a candidate.
+    Re(Regex),
+    /// Parse the frames that follow.
+    Parse,
+}
+
+/// How to find the frame a title names.
+pub(crate) struct StackFmt {
+    /// Primary sequence of steps.
+    pub parts: Vec<Part>,
+    /// Fallback sequence when `parts` does not match.
+    pub parts2: Vec<Part>,
+    /// Extra skip patterns (substrings) for this report type.
+    pub skip: &'static [&'static str],
+    /// How to pick among the candidates.
+    pub extractor: Extractor,
+}
+
+/// One title format of a header.
+pub(crate) struct Format {
+    /// Must match at the start of the report (may span lines).
+    pub title: Regex,
+    /// Must match somewhere in the report for this format to apply.
+    pub report: Option<Regex>,
+    /// Template: `{1}`.. are title groups, `{F}` the stack frame.
+    pub fmt: &'static str,
+    /// Alternative title templates.
+    pub alt: &'static [&'static str],
+    /// How to find `{F}`.
+    pub stack: Option<StackFmt>,
+    /// The report type carries no stack trace; its absence is not corruption.
+    pub no_stack: bool,
+    /// Matching this format means the report is corrupted.
+    pub corrupted: bool,
+}
+
+/// A header and its formats.
+pub(crate) struct Oops {
+    /// Literal text that starts a report (searched anywhere in a line).
+    pub header: &'static str,
+    /// Title formats, first match wins.
+    pub formats: Vec<Format>,
+    /// Lines containing the header that are not crashes.
+    pub suppressions: Vec<Regex>,
+}
+
+/// Expands the `{{FUNC}}`, `{{PC}}`, `{{ADDR}}`, `{{SRC}}` placeholders and compiles.
+pub(crate) fn re(s: &str) -> Regex {
+    let s = format!("(?m){s}")
+        .replace("{{FUNC}}", FUNC)
+        .replace("{{PC}}", PC)
+        .replace("{{ADDR}}", "0x[0-9a-f]+")
+        .replace("{{SRC}}", r"([a-zA-Z0-9\-_/.]+\.[a-z]+:[0-9]+)");
+    Regex::new(&s).unwrap_or_else(|e| panic!("bad oops regex {s}: {e}"))
+}
+
+fn f(title: &str, fmt: &'static str) -> Format {
+    Format {
+        title: re(title),
+        report: None,
+        fmt,
+        alt: &[],
+        stack: None,
+        no_stack: false,
+        corrupted: false,
+    }
+}
+
+impl Format {
+    fn stack(mut self, s: StackFmt) -> Self {
+        self.stack = Some(s);
+        self
+    }
+    fn alt(mut self, alt: &'static [&'static str]) -> Self {
+        self.alt = alt;
+        self
+    }
+    fn no_stack(mut self) -> Self {
+        self.no_stack = true;
+        self
+    }
+    fn corrupted(mut self) -> Self {
+        self.corrupted = true;
+        self
+    }
+    fn report(mut self, r: &str) -> Self {
+        self.report = Some(re(r));
+        self
+    }
+}
+
+const CALL_TRACE: &str = r"Call (?:T|t)race:|Backtrace:|^\s*backtrace:|Call trace:";
+const RIP: &str = r"(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:{{PC}} +){0,2}{{FUNC}}|(?:[0-9]+:)?0x[0-9a-f]+|(?:[0-9]+:)?{{PC}} +\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))";
+
+fn parts(list: &[&str]) -> Vec<Part> {
+    list.iter()
+        .map(|p| {
+            if *p == "PARSE" {
+                Part::Parse
+            } else {
+                Part::Re(re(p))
+            }
+        })
+        .collect()
+}
+
+fn stack(p: &[&str], skip: &'static [&'static str]) -> StackFmt {
+    StackFmt {
+        parts: parts(p),
+        parts2: Vec::new(),
+        skip,
+        extractor: Extractor::First,
+    }
+}
+
+/// Frames after the call trace line.
+fn call_trace(skip: &'static [&'static str]) -> StackFmt {
+    stack(&[CALL_TRACE, "PARSE"], skip)
+}
+
+/// The faulting instruction's function, then the call trace.
+fn rip_stack(skip: &'static [&'static str]) -> StackFmt {
+    StackFmt {
+        parts: parts(&[RIP, CALL_TRACE, "PARSE"]),
+        parts2: parts(&[CALL_TRACE, "PARSE"]),
+        skip,
+        extractor: Extractor::First,
+    }
+}
+
+/// WARNINGs: the RIP frame and what follows, else the call trace.
+fn warning_stack(skip: &'static [&'static str]) -> StackFmt {
+    StackFmt {
+        parts: parts(&[RIP, "PARSE"]),
+        parts2: parts(&[CALL_TRACE, "PARSE"]),
+        skip,
+        extractor: Extractor::First,
+    }
+}
+
+/// Stalls: frames of the interrupted context, anchored on dispatch functions.
+fn stall_stack(first: &str) -> StackFmt {
+    StackFmt {
+        parts: parts(&[first, "PARSE"]),
+        parts2: parts(&[CALL_TRACE, "PARSE"]),
+        skip: &[
+            "apic_timer_interrupt",
+            "rcu",
+            "hrtimer",
+            "tick_",
+            "update_process_times",
+            "sched_show_task",
+            "irq",
+            "nmi",
+            "timer_interrupt",
+            "sysvec",
+            "print_cpu_stall",
+            "print_other_cpu_stall",
+            "watchdog",
+            "smp_call_function",
+            "trigger_all_cpu_backtrace",
+            "arch_trigger",
+            "cpu_stop",
+        ],
+        extractor: Extractor::Stall,
+    }
+}
+
+const LOCK_SKIP: &[&str] = &[
+    "lock_acquire",
+    "__lock_acquire",
+    "lock_sock",
+    "lock_timer_base",
+];
+const HUNG_SKIP: &[&str] = &[
+    "sched",
+    "_lock",
+    "_slowlock",
+    "down",
+    "rwsem",
+    "completion",
+    "kthread",
+    "wait",
+    "synchronize",
+    "context_switch",
+    "__switch_to",
+    "cancel_delayed_work",
+    "rcu_barrier",
+    "flush_",
+    "freezer",
+];
+
+/// Lockdep reports name the lock acquisition site (`at: func`).
+fn lockdep_at() -> StackFmt {
+    stack(
+        &[
+            "at: (?:{{PC}} +)?{{FUNC}}",
+            "at: (?:{{PC}} +)?{{FUNC}}",
+            "PARSE",
+        ],
+        LOCK_SKIP,
+    )
+}
+
+/// Lockdep reports shared by the `WARNING:` and (older kernels) `INFO:` headers.
+fn lockdep_formats(h: &str) -> Vec<Format> {
+    vec![
+        f(&format!("{h}: possible circular locking dependency detected"), "possible deadlock in {F}")
+            .report("is trying to acquire lock")
+            .stack(lockdep_at()),
+        f(&format!("{h}: possible circular locking dependency detected"), "WARNING: possible circular locking dependency detected")
+            .no_stack()
+            .corrupted(),
+        f(&format!("{h}: possible recursive locking detected"), "possible deadlock in {F}")
+            .stack(lockdep_at()),
+        f(&format!("{h}: (?:SOFTIRQ|HARDIRQ)-(?:READ-)?safe -> (?:SOFTIRQ|HARDIRQ)-(?:READ-)?unsafe lock order detected"), "possible deadlock in {F}")
+            .stack(lockdep_at()),
+        f(&format!("{h}: possible irq lock inversion dependency detected"), "possible deadlock in {F}")
+            .stack(lockdep_at()),
+        f(&format!("{h}: inconsistent lock state"), "inconsistent lock state in {F}")
+            .stack(stack(&["takes:", "at: (?:{{PC}} +)?{{FUNC}}", "PARSE"], LOCK_SKIP)),
+        f(&format!("{h}: suspicious RCU usage"), if h == "WARNING" { "WARNING: suspicious RCU usage in {F}" } else { "INFO: suspicious RCU usage in {F}" })
+            .stack(call_trace(&["rcu", "kmem", "slab", "lockdep"])),
+    ]
+}
+
+fn kernel_panic_formats() -> Vec<Format> {
+    vec![
+        f(
+            "Kernel panic - not syncing: Attempted to kill init!",
+            "kernel panic: Attempted to kill init!",
+        )
+        .no_stack(),
+        f(
+            "Kernel panic - not syncing: Couldn't open N_TTY ldisc",
+            "kernel panic: Couldn't open N_TTY ldisc",
+        )
+        .no_stack(),
+        f(
+            "Kernel panic - not syncing: (?:Fatal exception|Fatal exception in interrupt)",
+            "kernel panic: Fatal exception",
+        )
+        .no_stack()
+        .corrupted(),
+        f(
+            "Kernel panic - not syncing: corrupted stack end detected inside scheduler",
+            "kernel panic: corrupted stack end in {F}",
+        )
+        .stack(StackFmt {
+            extractor: Extractor::Stall,
+            ..call_trace(&["schedule", "retint_kernel", "panic"])
+        }),
+        f(
+            "Kernel panic - not syncing: kernel stack overflow",
+            "kernel stack overflow in {F}",
+        )
+        .stack(call_trace(&[
+            "bad_stack",
+            "handle_bad_stack",
+            "__do_softirq",
+        ])),
+        f(
+            "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: {{FUNC}}",
+            "kernel panic: stack is corrupted in {F}",
+        )
+        .stack(stack(
+            &["stack is corrupted in: {{FUNC}}", CALL_TRACE, "PARSE"],
+            &["stack_chk", "__stack_chk"],
+        )),
+        f(
+            "Kernel panic - not syncing: hung_task: blocked tasks",
+            "kernel panic: hung_task: blocked tasks",
+        )
+        .no_stack()
+        .corrupted(),
+        f(
+            "Kernel panic - not syncing: (?:panic_on_warn set|Fatal exception in interrupt)",
+            "kernel panic: panic_on_warn set",
+        )
+        .no_stack()
+        .corrupted(),
+        f(
+            "Kernel panic - not syncing: VFS: Unable to mount root fs on (.*)",
+            "kernel panic: VFS: Unable to mount root fs on {1}",
+        )
+        .no_stack(),
+        f(
+            r"Kernel panic - not syncing: ([^\n]*?)\s*$",
+            "kernel panic: {1}",
+        )
+        .no_stack(),
+    ]
+}
+
+/// The header table, in priority order.
+pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
+    let kasan_skip: &'static [&'static str] = &["slab_", "kfree", "vunmap", "vfree"];
+    vec![
+        Oops {
+            header: "BUG:",
+            formats: vec![
+                f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}(?:.*\n)+?.*(Read|Write) (?:of size|at addr) (?:[0-9a-f]+)", "KASAN: {1} {3} in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(StackFmt {
+                        parts: parts(&[r"BUG: KASAN: (?:[a-z\-]+) in {{FUNC}}", CALL_TRACE, "PARSE"]),
+                        parts2: parts(&[CALL_TRACE, "PARSE"]),
+                        skip: kasan_skip,
+                        extractor: Extractor::First,
+                    }),
+                f(r"BUG: KASAN: ([a-z\-]+) (?:on address|in) {{FUNC}}?[^\n]*\n(?:.*\n)*?.*(Read|Write) of size ([0-9]+)", "KASAN: {1} {2} of size {3}")
+                    .no_stack(),
+                f(r"BUG: KASAN: double-free or invalid-free in {{FUNC}}", "KASAN: invalid-free in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(StackFmt {
+                        parts: parts(&[r"BUG: KASAN: double-free or invalid-free in {{FUNC}}", CALL_TRACE, "PARSE"]),
+                        parts2: Vec::new(),
+                        skip: &["slab_", "kfree", "kmem_", "free"],
+                        extractor: Extractor::First,
+                    }),
+                f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}", "KASAN: {1} in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(StackFmt {
+                        parts: parts(&[r"BUG: KASAN: (?:[a-z\-]+) in {{FUNC}}", CALL_TRACE, "PARSE"]),
+                        parts2: parts(&[CALL_TRACE, "PARSE"]),
+                        skip: kasan_skip,
+                        extractor: Extractor::First,
+                    }),
+                f(r"BUG: KASAN: ([^\n]*)", "KASAN: {1}").no_stack().corrupted(),
+                f(r"BUG: KMSAN: ([a-z\-]+) in {{FUNC}}", "KMSAN: {1} in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(StackFmt {
+                        parts: parts(&[r"BUG: KMSAN: (?:[a-z\-]+) in {{FUNC}}", CALL_TRACE, "PARSE"]),
+                        parts2: parts(&[CALL_TRACE, "PARSE"]),
+                        skip: &["alloc_skb", "netlink_ack", "netlink_rcv_skb", "instrument_", "copy_to_user", "copyout"],
+                        extractor: Extractor::First,
+                    }),
+                f(r"BUG: KMSAN: ([a-z\-]+)", "KMSAN: {1} in {F}")
+                    .stack(call_trace(&["instrument_", "copy_to_user", "copyout"])),
+                f(r"BUG: KCSAN: ([a-z\-]+) in ([A-Za-z0-9_]+)(?:\.[a-z0-9.]+)?(?:\+0x[0-9a-f]+/0x[0-9a-f]+)? / ([A-Za-z0-9_]+)", "KCSAN: {1} in {2} / {3}").no_stack(),
+                f(r"BUG: KCSAN: ([a-z\-:]+(?: [a-z\-:]+)*?) in {{FUNC}}", "KCSAN: {1} in {F}")
+                    .stack(stack(&[r"BUG: KCSAN: [^\n]* in {{FUNC}}", "PARSE"], &["kcsan"])),
+                f(r"BUG: KFENCE: ([a-z\- ]+?) in {{FUNC}}", "KFENCE: {1} in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(stack(&[r"BUG: KFENCE: [a-z\- ]+ in {{FUNC}}", "PARSE"], &["kfence"])),
+                f(r"BUG: (?:unable to handle kernel|kernel) NULL pointer dereference", "BUG: unable to handle kernel NULL pointer dereference in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address|Unable to handle kernel paging request)", "BUG: unable to handle kernel paging request in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"BUG: (?:unable to handle kernel access to user memory|kernel access to user memory)", "BUG: unable to handle kernel access to user memory in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"BUG: unable to handle kernel", "BUG: unable to handle kernel").no_stack().corrupted(),
+                f(r"BUG: spinlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU|trylock failure on UP|cpu recursion)", "BUG: spinlock {1} in {F}")
+                    .stack(call_trace(&["spin_", "_raw_", "do_raw_"])),
+                f(r"BUG: soft lockup", "BUG: soft lockup in {F}")
+                    .alt(&["stall in {F}"])
+                    .stack(StackFmt { parts: parts(&[RIP, "PARSE"]), ..stall_stack(CALL_TRACE) }),
+                f(r"BUG: workqueue lockup", "BUG: workqueue lockup").no_stack(),
+                f(r"BUG: sleeping function called from invalid context", "BUG: sleeping function called from invalid context in {F}")
+                    .stack(call_trace(&["might_sleep", "__might_", "sleep"])),
+                f(r"BUG: using __this_cpu_([a-z_]+)\(\) in preemptible", "BUG: using __this_cpu_{1}() in preemptible code in {F}")
+                    .stack(call_trace(&["dump_stack", "preemption", "preempt", "debug_", "processor_id", "this_cpu"])),
+                f(r"BUG: using smp_processor_id\(\) in preemptible", "BUG: using smp_processor_id() in preemptible code in {F}")
+                    .stack(call_trace(&["dump_stack", "preemption", "preempt", "debug_", "processor_id"])),
+                f(r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {F}")
+                    .stack(call_trace(&["schedule", "__schedule_bug", "dequeue"])),
+                f(r"BUG: bad unlock balance detected!", "BUG: bad unlock balance in {F}")
+                    .stack(stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])),
+                f(r"BUG: held lock freed!", "BUG: held lock freed in {F}")
+                    .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
+                f(r"BUG: lock held when returning to user space", "BUG: lock held when returning to user space in {F}")
+                    .no_stack()
+                    .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
+                f(r"BUG: workqueue leaked lock or atomic", "BUG: workqueue leaked lock or atomic in {F}")
+                    .no_stack()
+                    .stack(stack(&["last function: {{FUNC}}"], &[])),
+                f(r"BUG: Dentry [^\n]* still in use \([0-9]+\) \[unmount of ([^\] ]+) ([^\]]+)\]", "BUG: Dentry still in use in {F}")
+                    .stack(call_trace(&["dput", "shrink_dcache", "umount", "d_walk", "kill_", "deactivate", "cleanup_mnt"])),
+                f(r"BUG: Bad page (state|map|cache)", "BUG: Bad page {1} in {F}")
+                    .stack(call_trace(&["bad_page", "free_", "page", "folio", "zap_", "unmap_", "release_pages"])),
+                f(r"BUG: stack guard page was hit", "BUG: stack guard page was hit in {F}")
+                    .alt(&["stack-overflow in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"BUG: memory leak", "memory leak in {F}")
+                    .stack(stack(&[r"backtrace(?: \(crc [0-9a-f]+\))?:", "PARSE"], &["kmemleak", "mmap_region", "kmalloc", "kzalloc", "kcalloc", "alloc", "create_object", "slab", "kmem_cache", "__do_kmalloc", "krealloc", "memdup", "kstrdup", "sock_kmalloc", "kobject_set_name"])),
+                f(r"BUG: corrupted list in {{FUNC}}", "BUG: corrupted list in {F}")
+                    .stack(stack(&[r"BUG: corrupted list in {{FUNC}}", CALL_TRACE, "PARSE"], &["list_"])),
+                f(r"BUG: (MAX_[A-Z_]+ too low!)", "BUG: {1}").no_stack(),
+                f(r"BUG: (non-zero (?:nr_ptes|pgtables_bytes|nr_pmds) on freeing mm)", "BUG: {1}").no_stack(),
+                f(r"BUG: (Bad rss-counter state)", "BUG: {1}").no_stack(),
+                f(r"BUG: ([a-zA-Z0-9_]+ [^\n]*?) in {{FUNC}}", "BUG: {1} in {F}")
+                    .stack(stack(&[r"BUG: [^\n]* in {{FUNC}}", CALL_TRACE, "PARSE"], &[])),
+            ],
+            suppressions: vec![
+                re(r"BUG: KASAN: .* in (?:kasan|__asan)_[a-z]+ at"),
+                re(r"BUG: see /proc"),
+                re(r"BUG: Out of memory\. ODEBUG disabled"),
+                // Kernel BUG messages name the bug right after the colon.
+                re(r"BUG:\s*[^A-Za-z\s]|BUG:\s{2,}"),
+                re(r"\bBUG: Unable to read"),
+            ],
+        },
+        Oops {
+            header: "WARNING:",
+            formats: {
+                let mut v = vec![
+                    f(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug in {F}")
+                        .stack(warning_stack(&["debug_", "kfree", "slab", "free_"])),
+                    f(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy in {F}")
+                        .stack(warning_stack(&["usercopy", "__check", "check_"])),
+                    f(r"WARNING: .*lib/kobject\.c.* kobject_", "WARNING: kobject bug in {F}")
+                        .stack(warning_stack(&["kobject_"])),
+                    f(r"WARNING: .*fs/proc/generic\.c.* proc_register", "WARNING: proc registration bug in {F}")
+                        .stack(warning_stack(&["proc_"])),
+                    f(r"WARNING: .*lib/refcount\.c.* refcount_", "WARNING: refcount bug in {F}")
+                        .stack(warning_stack(&["refcount", "kobject_"])),
+                    f(r"WARNING: .*refcount_t: ", "WARNING: refcount bug in {F}")
+                        .stack(warning_stack(&["refcount", "kobject_"])),
+                    f(r"WARNING: .*kernel/locking/lockdep\.c.*lock_", "WARNING: locking bug in {F}")
+                        .stack(warning_stack(&["lock_sync", "lock_class", "__lock_", "lock_acquire", "lock_release", "register_lock_class", "reacquire_held_locks", "validate_chain", "check_noncircular", "check_prev_add", "mark_lock", "mark_usage", "hlock_class", "look_up_lock_class"])),
+                    f(r"WARNING: .*mm/slab_common\.c.* kmalloc_slab", "WARNING: kmalloc bug in {F}")
+                        .stack(warning_stack(&["kmalloc", "krealloc", "slab", "kmem", "kvmalloc", "kmemdup", "kcalloc", "kzalloc"])),
+                    f(r"WARNING: .*mm/page_alloc\.c.* (?:__alloc_pages|__alloc_pages_slowpath|__alloc_pages_nodemask)", "WARNING: kmalloc bug in {F}")
+                        .stack(warning_stack(&["alloc", "kmalloc", "krealloc", "slab", "kmem", "page", "__get_free_pages", "kvmalloc", "kcalloc", "kzalloc", "kmemdup"])),
+                    f(r"WARNING: .*mm/vmalloc\.c.*__vmalloc_node", "WARNING: zero-size vmalloc in {F}")
+                        .stack(warning_stack(&["vmalloc", "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"])),
+                    f(r"WARNING: kernel stack regs at [0-9a-f]+ in [^ ]* has bad '([^']+)' value", "WARNING: kernel stack regs has bad '{1}' value").no_stack(),
+                    f(r"WARNING: kernel stack regs at [0-9a-f]+ in [^ ]* has bad value", "WARNING: kernel stack regs has bad value").no_stack(),
+                    f(r"WARNING: kernel stack frame pointer at [0-9a-f]+ in [^ ]* has bad value", "WARNING: kernel stack frame pointer has bad value").no_stack(),
+                    f(r"WARNING: bad unlock balance detected!", "WARNING: bad unlock balance in {F}")
+                        .stack(stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])),
+                    f(r"WARNING: held lock freed!", "WARNING: held lock freed in {F}")
+                        .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
+                    f(r"WARNING: nested lock was not taken", "WARNING: nested lock was not taken in {F}")
+                        .stack(call_trace(&[])),
+                    f(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {F}")
+                        .no_stack()
+                        .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
+                    f(r"WARNING: still has locks held!", "WARNING: still has locks held in {F}")
+                        .stack(call_trace(&["freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
+                ];
+                v.extend(lockdep_formats("WARNING"));
+                v.extend([
+                    f(r"WARNING: .* at {{SRC}} {{FUNC}}", "WARNING in {F}")
+                        .stack(warning_stack(&[])),
+                    f(r"WARNING: .*at {{SRC}}", "WARNING in {F}")
+                        .stack(warning_stack(&[])),
+                    f(r"WARNING: .* at {{FUNC}}", "WARNING in {F}")
+                        .stack(warning_stack(&[])),
+                    f(r"WARNING: CPU: [0-9]+ PID: [0-9]+ at", "WARNING in {F}")
+                        .stack(warning_stack(&[])),
+                ]);
+                v
+            },
+            suppressions: vec![
+                re(r"WARNING: /etc/ssh/moduli does not exist"),
+                re(r"WARNING: workqueue cpumask: online intersect > possible intersect"),
+                re(r"WARNING: [Tt]he mand mount option"),
+                re(r"WARNING: Unsupported flag value"),
+                re(r"WARNING: Unprivileged eBPF is enabled"),
+                re(r"WARNING: fbcon: Driver"),
+                re(r"WARNING: See https.* for mitigation options"),
+                re(r"WARNING: kernel not compiled with CPU_SRSO"),
+                re(r"EXT4-[Ff][Ss](?: \(.*\))?:"),
+                re(r"(?i)warning: .* uses (?:deprecated v2 capabilities|wireless extensions)"),
+                re(r"XFS \(\w+\): WARNING"),
+                re(r"WARNING: CPU: [0-9]+ PID: [0-9]+ at [^ ]*net/wireless"),
+            ],
+        },
+        Oops {
+            header: "INFO:",
+            formats: {
+                let mut v = lockdep_formats("INFO");
+                v.extend([
+                    f(r"INFO: rcu_(?:preempt|sched|bh) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {F}")
+                        .alt(&["stall in {F}"])
+                        .stack(stall_stack(r"apic_timer_interrupt|Exception stack|el1_irq|el1h_64_irq|sysvec_apic_timer_interrupt|<EOI>|irq_exit|^\s*RIP: 0010:(?:{{PC}} )?([A-Za-z0-9_]+)[.+]|^\s*pc : ([A-Za-z0-9_]+)[.+]|PC is at ([A-Za-z0-9_]+)[.+]")),
+                    f(r"INFO: rcu detected stall", "INFO: rcu detected stall in {F}")
+                        .alt(&["stall in {F}"])
+                        .stack(stall_stack(r"apic_timer_interrupt|Exception stack|el1_irq|sysvec_apic_timer_interrupt|<EOI>")),
+                    f(r"INFO: task [^\n]* blocked for more than [0-9]+ seconds", "INFO: task hung in {F}")
+                        .alt(&["hang in {F}"])
+                        .stack(call_trace(HUNG_SKIP)),
+                    f(r"INFO: task [^\n]* can't die for more than [0-9]+ seconds", "INFO: task can't die in {F}")
+                        .stack(call_trace(HUNG_SKIP)),
+                    f(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {F}")
+                        .stack(call_trace(&["stack", "lock", "IRQ", "register_lock_class"])),
+                    f(r"INFO: rcu_(?:preempt|sched|bh) detected stalls", "INFO: rcu detected stall in {F}")
+                        .alt(&["stall in {F}"])
+                        .stack(stall_stack(CALL_TRACE)),
+                ]);
+                v
+            },
+            suppressions: vec![
+                re(r"INFO: lockdep is turned off"),
+                re(r"INFO: Stall ended before state dump start"),
+                re(r"INFO: NMI handler"),
+                re(r"perf: interrupt took too long"),
+                re(r"_INFO:"),
+                re(r"INFO: Object 0x"),
+                re(r"INFO: Slab 0x"),
+                re(r"INFO: recovery required on readonly filesystem"),
+                re(r"(?:ext4|EXT4|F2FS|f2fs|XFS|xfs|btrfs|BTRFS)[^\n]*INFO:"),
+                re(r"INFO: Detected [^\n]* hung"),
+            ],
+        },
+        Oops {
+            header: "Unable to handle kernel",
+            formats: vec![
+                f(r"Unable to handle kernel paging request", "BUG: unable to handle kernel paging request in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"Unable to handle kernel NULL pointer dereference", "BUG: unable to handle kernel NULL pointer dereference in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"Unable to handle kernel access to user memory", "BUG: unable to handle kernel access to user memory in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+                f(r"Unable to handle kernel (paging request|NULL pointer dereference|[a-z ]+)", "BUG: unable to handle kernel {1} in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+            ],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "general protection fault",
+            formats: vec![
+                f(r"general protection fault", "general protection fault in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
+            ],
+            suppressions: vec![re(r"general protection fault[^\n]*\bin\b [^\n]*\[[0-9a-f]+\+[0-9a-f]+\]")],
+        },
+        Oops {
+            header: "stack segment: ",
+            formats: vec![f(r"stack segment: ", "stack segment fault in {F}")
+                .alt(&["bad-access in {F}"])
+                .stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "Kernel panic",
+            formats: kernel_panic_formats(),
+            suppressions: vec![re(r"Kernel panic - not syncing: Attempted to kill the idle task")],
+        },
+        Oops {
+            header: "PANIC: double fault",
+            formats: vec![f(r"PANIC: double fault", "PANIC: double fault in {F}")
+                .stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "kernel BUG",
+            formats: vec![
+                f(r"kernel BUG at mm/usercopy\.c", "BUG: bad usercopy in {F}")
+                    .stack(rip_stack(&["usercopy", "__check", "check_"])),
+                f(r"kernel BUG at lib/list_debug\.c", "BUG: corrupted list in {F}")
+                    .stack(rip_stack(&["list_"])),
+                f(r"kernel BUG", "kernel BUG in {F}")
+                    .stack(rip_stack(&[])),
+            ],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "Kernel BUG",
+            formats: vec![f(r"Kernel BUG", "kernel BUG in {F}").stack(rip_stack(&[]))],
+            suppressions: vec![re(r"Kernel BUG at [^\n]*\[verbose debug info unavailable\]\s*$")],
+        },
+        Oops {
+            header: "BUG kmalloc-",
+            formats: vec![f(r"BUG kmalloc-[0-9]+ \([^)]*\): ([^\n]*?)\s*$", "BUG: {1}").no_stack().corrupted()],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "divide error:",
+            formats: vec![f(r"divide error: ", "divide error in {F}").stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "invalid opcode:",
+            formats: vec![f(r"invalid opcode: ", "invalid opcode in {F}").stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "UBSAN:",
+            formats: vec![
+                f(r"UBSAN: Undefined behaviour in", "UBSAN: undefined-behaviour in {F}")
+                    .stack(call_trace(&["ubsan", "overflow"])),
+                f(r"UBSAN: ([a-z\-]+) in", "UBSAN: {1} in {F}")
+                    .stack(call_trace(&["ubsan", "overflow"])),
+            ],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "unregister_netdevice: waiting for",
+            formats: vec![f(r"unregister_netdevice: waiting for (?:[^ ]+) to become free", "unregister_netdevice: waiting for DEV to become free").no_stack()],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "Internal error:",
+            formats: vec![f(r"Internal error:", "Internal error in {F}").stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "Unhandled fault:",
+            formats: vec![f(r"Unhandled fault:", "Unhandled fault in {F}").stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "Alignment trap:",
+            formats: vec![f(r"Alignment trap:", "Alignment trap in {F}").stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "VFS: Close: file count is zero",
+            formats: vec![f(r"VFS: Close: file count is zero", "VFS: Close: file count is zero (use-after-free)").no_stack()],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "VFS: Busy inodes after unmount",
+            formats: vec![f(r"VFS: Busy inodes after unmount", "VFS: Busy inodes after unmount (use-after-free)").no_stack()],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "SYZFAIL:",
+            formats: vec![f(r"SYZFAIL: ([^\n]*?)\s*$", "SYZFAIL: {1}").no_stack()],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            header: "SYZFATAL:",
+            formats: vec![f(r"SYZFATAL: ([^\n]*?)\s*$", "SYZFATAL: {1}").no_stack()],
+            suppressions: Vec::new(),
+        },
+    ]
+});
+
+/// Where a header was found in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderHit {
+    /// Index into [`OOPSES`].
+    pub oops: usize,
+    /// Byte offset of the header in the line text.
+    pub offset: usize,
+}
+
+/// The crash header in `text`, if the line starts a crash report.
+pub(crate) fn match_header(text: &str) -> Option<HeaderHit> {
+    let mut best: Option<HeaderHit> = None;
+    for (i, o) in OOPSES.iter().enumerate() {
+        // The header must start a word (`ODEBUG:` is not `BUG:`).
+        let Some(pos) = text
+            .match_indices(o.header)
+            .map(|(i, _)| i)
+            .find(|&i| i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric())
+        else {
+            continue;
+        };
+        if o.suppressions.iter().any(|s| s.is_match(text)) {
+            continue;
+        }
+        if best.is_none_or(|b| pos < b.offset) {
+            best = Some(HeaderHit {
+                oops: i,
+                offset: pos,
+            });
+        }
+    }
+    best
+}
+
+/// All header strings, for the prefilter.
+pub(crate) fn header_strings() -> Vec<&'static str> {
+    OOPSES.iter().map(|o| o.header).collect()
+}

@@ -1,0 +1,249 @@
+//! Turning the lines of one crash into a [`CrashReport`]: pick the title format,
+//! extract the title frame, decide corruption, collect frames, module and taint.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::frames::{self, Frame, STACK_START};
+use super::lines::Line;
+use super::oops::{Format, HeaderHit, OOPSES, Part, StackFmt};
+use super::{CrashReport, title};
+
+static MODULE_SUFFIX: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[([A-Za-z0-9_]+)\]\s*$").expect("module regex"));
+static TAINT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\bTainted: ((?:[A-Z]+ +)*[A-Z]+)(?: +[0-9]|\s*$)").expect("taint regex")
+});
+/// Markers of a printk buffer that lost or mixed lines.
+static DAMAGED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"printk messages dropped|\*\* [0-9]+ messages dropped").expect("damaged regex")
+});
+
+/// Builds the report for `lines` (the first holding the header at `hit.offset`).
+pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashReport {
+    let oops = &OOPSES[hit.oops];
+    let head = lines[0].text.get(hit.offset..).unwrap_or(&lines[0].text);
+    let mut texts: Vec<&str> = Vec::with_capacity(lines.len());
+    texts.push(head);
+    texts.extend(lines[1..].iter().map(|l| l.text.as_str()));
+    let joined = texts.join("\n");
+
+    let mut title = None;
+    let mut alt_titles = Vec::new();
+    let mut corrupted = false;
+    let mut stack_frames: Vec<Frame> = Vec::new();
+    for format in &oops.formats {
+        let Some(caps) = format.title.captures(&joined) else {
+            continue;
+        };
+        let Some(m) = caps.get(0) else { continue };
+        if m.start() > head.len() {
+            continue;
+        }
+        if format.report.as_ref().is_some_and(|r| !r.is_match(&joined)) {
+            continue;
+        }
+        let groups: Vec<String> = (1..caps.len())
+            .map(|i| {
+                caps.get(i)
+                    .map_or(String::new(), |g| g.as_str().to_string())
+            })
+            .collect();
+        let frame = match &format.stack {
+            Some(sf) => {
+                let (frame, cands) = extract(&texts, sf);
+                stack_frames = cands;
+                frame
+            }
+            None => None,
+        };
+        let needs_frame = format.fmt.contains("{F}");
+        let frame_str = frame.clone().unwrap_or_else(|| "corrupted".to_string());
+        title = Some(title::normalize(&render(format.fmt, &groups, &frame_str)));
+        alt_titles = format
+            .alt
+            .iter()
+            .map(|a| title::normalize(&render(a, &groups, &frame_str)))
+            .collect();
+        corrupted = format.corrupted || (needs_frame && frame.is_none());
+        if !corrupted && !format.no_stack {
+            corrupted = !has_stack(&texts, format);
+        }
+        break;
+    }
+    let title = title.unwrap_or_else(|| title::normalize(head));
+    if DAMAGED.is_match(&joined) {
+        corrupted = true;
+    }
+    if stack_frames.is_empty() {
+        stack_frames = first_stack(&texts);
+    }
+    let guilty_module = stack_frames.iter().find_map(|f| f.module.clone());
+    let taint = texts.iter().find_map(|t| {
+        TAINT
+            .captures(t)
+            .map(|c| c[1].split_whitespace().collect::<Vec<_>>().join(" "))
+    });
+    let category = title::category(&title);
+    let mut signature = title.clone();
+    for a in &alt_titles {
+        signature.push_str(" | ");
+        signature.push_str(a);
+    }
+    let report = lines
+        .iter()
+        .map(|l| l.raw.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    CrashReport {
+        category,
+        severity: category.severity(),
+        recovery: category.recovery(),
+        title,
+        alt_titles,
+        corrupted,
+        frames: stack_frames.into_iter().map(|f| f.func).collect(),
+        guilty_module,
+        taint,
+        report,
+        signature,
+        start_line,
+    }
+}
+
+/// Fills `{1}`.. with title groups and `{F}` with the frame.
+fn render(fmt: &str, groups: &[String], frame: &str) -> String {
+    let mut out = fmt.replace("{F}", frame);
+    for (i, g) in groups.iter().enumerate() {
+        out = out.replace(&format!("{{{}}}", i + 1), g);
+    }
+    out
+}
+
+/// The title frame and the candidate frames it was chosen from.
+fn extract(texts: &[&str], sf: &StackFmt) -> (Option<String>, Vec<Frame>) {
+    let (f1, c1) = try_parts(texts, &sf.parts, sf);
+    if f1.is_some() || sf.parts2.is_empty() {
+        return (f1, c1);
+    }
+    let (f2, c2) = try_parts(texts, &sf.parts2, sf);
+    if f2.is_some() || c1.is_empty() {
+        (f2, c2)
+    } else {
+        (None, c1)
+    }
+}
+
+fn try_parts(texts: &[&str], parts: &[Part], sf: &StackFmt) -> (Option<String>, Vec<Frame>) {
+    let mut cands: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    for part in parts {
+        match part {
+            Part::Re(re) => {
+                let mut found = false;
+                while i < texts.len() {
+                    let t = texts[i];
+                    i += 1;
+                    if let Some(c) = re.captures(t) {
+                        if let Some(g) = c.iter().skip(1).flatten().next() {
+                            cands.push(Frame {
+                                func: frames::normalize_func(g.as_str()),
+                                module: MODULE_SUFFIX.captures(t).map(|m| m[1].to_string()),
+                            });
+                        }
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    // Keep what the earlier steps found (e.g. the RIP frame of a
+                    // report cut before its call trace).
+                    break;
+                }
+            }
+            Part::Parse => {
+                cands.extend(parse_frames(&texts[i.min(texts.len())..]));
+                break;
+            }
+        }
+    }
+    let frame = pick_with_module(&cands, sf);
+    (frame, cands)
+}
+
+/// A module frame at the top of a stall is the culprit (our modules are the code
+/// under test); otherwise the format's extractor decides.
+fn pick_with_module(cands: &[Frame], sf: &StackFmt) -> Option<String> {
+    if sf.extractor == frames::Extractor::Stall
+        && let Some(top) = cands.iter().find(|f| !frames::is_skipped(&f.func, sf.skip))
+        && top.module.is_some()
+    {
+        return Some(top.func.clone());
+    }
+    let names: Vec<String> = cands.iter().map(|f| f.func.clone()).collect();
+    frames::pick(&names, sf.skip, sf.extractor)
+}
+
+/// Frames following a point in the report, up to the end of that trace.
+fn parse_frames(texts: &[&str]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    for (n, t) in texts.iter().enumerate() {
+        if !out.is_empty() && (STACK_START.is_match(t) || t.trim().is_empty()) {
+            break;
+        }
+        if t.contains("---[ end trace") || (n > 0 && t.starts_with("=====") && !out.is_empty()) {
+            break;
+        }
+        if let Some(f) = frames::parse_frame(t).or_else(|| rip_frame(t)) {
+            out.push(f);
+            if out.len() >= 64 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The function of a kernel `RIP: 0010:func+0x1/0x2` line inside a trace (the
+/// interrupted context of a stall).
+fn rip_frame(t: &str) -> Option<Frame> {
+    static RIP_LINE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^\s*RIP: 0010:(?:\[<[0-9a-f]+>\] )?([A-Za-z0-9_]+)[.+]").expect("rip regex")
+    });
+    let c = RIP_LINE.captures(t)?;
+    Some(Frame {
+        func: frames::normalize_func(&c[1]),
+        module: MODULE_SUFFIX.captures(t).map(|m| m[1].to_string()),
+    })
+}
+
+/// Frames of the first stack trace in the report (for the `frames` field).
+fn first_stack(texts: &[&str]) -> Vec<Frame> {
+    match texts.iter().position(|t| STACK_START.is_match(t)) {
+        Some(i) => parse_frames(&texts[i + 1..]),
+        None => parse_frames(texts),
+    }
+}
+
+/// True when every stack section of the report has frames: a section header with
+/// nothing after it means the report was cut or overwritten.
+fn has_stack(texts: &[&str], format: &Format) -> bool {
+    let mut seen = false;
+    for (i, t) in texts.iter().enumerate() {
+        if !STACK_START.is_match(t) {
+            continue;
+        }
+        let window = &texts[i + 1..texts.len().min(i + 16)];
+        if !window.iter().any(|w| frames::parse_frame(w).is_some()) {
+            return false;
+        }
+        seen = true;
+    }
+    // Formats that take their frame from the header line still need some trace.
+    seen || format.stack.is_none()
+        || texts
+            .iter()
+            .skip(1)
+            .any(|t| frames::parse_frame(t).is_some())
+}
