@@ -235,3 +235,169 @@ impl AgentClient {
         .map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tonic::{Request, Response, Status};
+    use vexfs_proto::agent_server::{Agent, AgentServer};
+    use vexfs_proto::{Heartbeat, SysrqReply, event};
+
+    /// An in-process agent: Health counts calls, StreamEvents sends two heartbeats,
+    /// Sysrq hangs, everything else is unimplemented.
+    #[derive(Default, Clone)]
+    struct FakeAgent {
+        health_calls: Arc<AtomicU32>,
+    }
+
+    type EventItem = Result<Event, Status>;
+
+    #[tonic::async_trait]
+    impl Agent for FakeAgent {
+        async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
+            self.health_calls.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(HealthReply {
+                agent_version: "fake".into(),
+                boot_id: "b1".into(),
+                ..Default::default()
+            }))
+        }
+        type StreamEventsStream = tokio_stream::Iter<std::vec::IntoIter<EventItem>>;
+        async fn stream_events(
+            &self,
+            _: Request<StreamRequest>,
+        ) -> Result<Response<Self::StreamEventsStream>, Status> {
+            let beats = (1..=2)
+                .map(|beat| {
+                    Ok(Event {
+                        kind: Some(event::Kind::Heartbeat(Heartbeat {
+                            beat,
+                            ..Default::default()
+                        })),
+                    })
+                })
+                .collect::<Vec<_>>();
+            Ok(Response::new(tokio_stream::iter(beats)))
+        }
+        async fn sample_counters(
+            &self,
+            _: Request<SampleRequest>,
+        ) -> Result<Response<Counters>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_modules(
+            &self,
+            _: Request<ListModulesRequest>,
+        ) -> Result<Response<ListModulesReply>, Status> {
+            Err(Status::unavailable("cannot read /proc/modules"))
+        }
+        async fn load_module(
+            &self,
+            _: Request<LoadModuleRequest>,
+        ) -> Result<Response<ModuleReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn unload_module(
+            &self,
+            _: Request<UnloadModuleRequest>,
+        ) -> Result<Response<ModuleReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn reload_module(
+            &self,
+            _: Request<ReloadModuleRequest>,
+        ) -> Result<Response<ModuleReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn sysrq(&self, _: Request<SysrqRequest>) -> Result<Response<SysrqReply>, Status> {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(Response::new(SysrqReply {}))
+        }
+    }
+
+    fn serve(path: &Path, agent: FakeAgent) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(agent))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+    }
+
+    #[tokio::test]
+    async fn connect_healthy_waits_for_a_late_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let agent = FakeAgent::default();
+        let calls = agent.health_calls.clone();
+        let late = path.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            serve(&late, agent);
+        });
+        let start = Instant::now();
+        let (mut client, reply) =
+            AgentClient::connect_healthy(&Address::Unix(path), Duration::from_secs(5))
+                .await
+                .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert_eq!(reply.agent_version, "fake");
+        assert_eq!(client.health().await.unwrap().boot_id, "b1");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let mut stream = client
+            .stream_events(StreamRequest::default())
+            .await
+            .unwrap();
+        let mut beats = Vec::new();
+        while let Some(ev) = stream.message().await.unwrap() {
+            if let Some(event::Kind::Heartbeat(h)) = ev.kind {
+                beats.push(h.beat);
+            }
+        }
+        assert_eq!(beats, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn no_agent_is_a_typed_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = Address::Unix(dir.path().join("none.sock"));
+        let start = Instant::now();
+        let err = AgentClient::connect_healthy(&addr, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NotHealthy { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn rpc_errors_and_timeouts_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        serve(&path, FakeAgent::default());
+        let (client, _) =
+            AgentClient::connect_healthy(&Address::Unix(path), Duration::from_secs(5))
+                .await
+                .unwrap();
+        let mut client = client.with_call_timeout(Duration::from_millis(200));
+        let err = client.list_modules().await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Rpc { rpc: "ListModules", status } if status.code() == tonic::Code::Unavailable),
+            "{err}"
+        );
+        let err = client.sysrq("w").await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Timeout { rpc: "Sysrq", .. }),
+            "{err}"
+        );
+        // The channel is still usable after a timed-out call.
+        client.health().await.unwrap();
+    }
+}

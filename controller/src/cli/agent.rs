@@ -183,13 +183,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{:<24} {:>10} {:>4} {:<10} {:<5} holders",
+                    "{:<28} {:>10} {:>4} {:<10} {:<5} holders",
                     "name", "size", "refs", "state", "taint"
                 )?;
                 for m in &reply.modules {
                     writeln!(
                         out,
-                        "{:<24} {:>10} {:>4} {:<10} {:<5} {}",
+                        "{:<28} {:>10} {:>4} {:<10} {:<5} {}",
                         m.name,
                         m.size,
                         m.refcount,
