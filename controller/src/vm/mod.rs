@@ -170,7 +170,7 @@ pub struct VmConfig {
     pub accel: AccelChoice,
     /// vsock device request.
     pub vsock: VsockChoice,
-    /// Guest CID.
+    /// Guest CID; 0 picks one (3 behind vhost-user, per-run with kernel vhost-vsock).
     pub guest_cid: u32,
     /// The agent's vsock port (also put on the command line when missing).
     pub agent_port: Option<u32>,
@@ -208,7 +208,7 @@ impl VmConfig {
             cpus: 1,
             accel: AccelChoice::Auto,
             vsock: VsockChoice::Auto,
-            guest_cid: 3,
+            guest_cid: 0,
             agent_port: None,
             run_parent: None,
             keep_run_dir: false,

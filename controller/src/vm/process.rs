@@ -48,7 +48,19 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
             .name("vexfs-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                    // ETXTBSY: a just-written executable whose fd another thread's
+                    // fork still holds for a moment; it clears by itself.
+                    let mut result = cmd.spawn();
+                    for _ in 0..10 {
+                        match &result {
+                            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                                result = cmd.spawn();
+                            }
+                            _ => break,
+                        }
+                    }
+                    let _ = reply.send(result);
                 }
             })
             .expect("spawn the spawner thread");

@@ -67,21 +67,41 @@ pub enum VsockPlan {
 }
 
 impl VsockChoice {
-    /// Decides the plan for a VM whose run dir is `run_dir`.
+    /// Decides the plan for a VM whose run dir is `run_dir`. `cid` 0 means automatic:
+    /// 3 behind a private vhost-user daemon, a hashed per-run value with kernel
+    /// vhost-vsock (CIDs are host-global there).
     pub fn resolve(self, run_dir: &Path, cid: u32) -> VsockPlan {
         let kernel = Path::new("/dev/vhost-vsock").exists();
+        let (user_cid, kernel_cid) = if cid == 0 {
+            (3, auto_cid(run_dir))
+        } else {
+            (cid, cid)
+        };
         let vhost_user = || VsockPlan::VhostUser {
-            cid,
+            cid: user_cid,
             vhost_socket: run_dir.join("vhost.sock"),
             uds_path: run_dir.join("vm.vsock"),
         };
         match self {
-            VsockChoice::Auto if kernel => VsockPlan::Kernel { cid },
+            VsockChoice::Auto if kernel => VsockPlan::Kernel { cid: kernel_cid },
             VsockChoice::Auto | VsockChoice::VhostUser => vhost_user(),
-            VsockChoice::Kernel => VsockPlan::Kernel { cid },
+            VsockChoice::Kernel => VsockPlan::Kernel { cid: kernel_cid },
             VsockChoice::None => VsockPlan::None,
         }
     }
+}
+
+/// A guest CID in [1000, 2^31) derived from the (unique) run dir, so parallel VMs
+/// under kernel vhost-vsock do not collide.
+fn auto_cid(run_dir: &Path) -> u32 {
+    let hash = run_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    1000 + (hash % (u64::from(u32::MAX / 2) - 1000)) as u32
 }
 
 /// Finds the daemon: `$VEXFS_VHOST_DEVICE_VSOCK`, then PATH, then `~/.cargo/bin`.
@@ -195,6 +215,14 @@ mod tests {
             VsockPlan::Kernel { cid: 7 }
         );
         assert_eq!(VsockChoice::None.resolve(dir, 7), VsockPlan::None);
+        match VsockChoice::Kernel.resolve(dir, 0) {
+            VsockPlan::Kernel { cid } => assert!((1000..1 << 31).contains(&cid)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            VsockChoice::VhostUser.resolve(dir, 0),
+            VsockPlan::VhostUser { cid: 3, .. }
+        ));
         assert_eq!(
             VsockChoice::VhostUser.resolve(dir, 3),
             VsockPlan::VhostUser {
