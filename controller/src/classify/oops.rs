@@ -326,7 +326,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .stack(StackFmt {
                         parts: parts(&[r"BUG: KASAN: double-free or invalid-free in {{FUNC}}", CALL_TRACE, "PARSE"]),
                         parts2: Vec::new(),
-                        skip: &["slab_", "kfree", "kmem_", "free"],
+                        skip: kasan_skip,
                         extractor: Extractor::First,
                     }),
                 f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}", "KASAN: {1} in {F}")
@@ -363,6 +363,9 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 f(r"BUG: (?:unable to handle kernel access to user memory|kernel access to user memory)", "BUG: unable to handle kernel access to user memory in {F}")
                     .alt(&["bad-access in {F}"])
                     .stack(rip_stack(&[])),
+                f(r"BUG: Unable to handle kernel (?:data access|instruction fetch)", "BUG: unable to handle kernel paging request in {F}")
+                    .alt(&["bad-access in {F}"])
+                    .stack(rip_stack(&[])),
                 f(r"BUG: unable to handle kernel", "BUG: unable to handle kernel").no_stack().corrupted(),
                 f(r"BUG: spinlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU|trylock failure on UP|cpu recursion)", "BUG: spinlock {1} in {F}")
                     .stack(call_trace(&["spin_", "_raw_", "do_raw_"])),
@@ -387,7 +390,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
                 f(r"BUG: workqueue leaked lock or atomic", "BUG: workqueue leaked lock or atomic in {F}")
                     .no_stack()
-                    .stack(stack(&["last function: {{FUNC}}"], &[])),
+                    .stack(stack(&["last function: ([A-Za-z0-9_]+)"], &[])),
                 f(r"BUG: Dentry [^\n]* still in use \([0-9]+\) \[unmount of ([^\] ]+) ([^\]]+)\]", "BUG: Dentry still in use in {F}")
                     .stack(call_trace(&["dput", "shrink_dcache", "umount", "d_walk", "kill_", "deactivate", "cleanup_mnt"])),
                 f(r"BUG: Bad page (state|map|cache)", "BUG: Bad page {1} in {F}")
@@ -396,7 +399,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .alt(&["stack-overflow in {F}"])
                     .stack(rip_stack(&[])),
                 f(r"BUG: memory leak", "memory leak in {F}")
-                    .stack(stack(&[r"backtrace(?: \(crc [0-9a-f]+\))?:", "PARSE"], &["kmemleak", "mmap_region", "kmalloc", "kzalloc", "kcalloc", "alloc", "create_object", "slab", "kmem_cache", "__do_kmalloc", "krealloc", "memdup", "kstrdup", "sock_kmalloc", "kobject_set_name"])),
+                    .stack(stack(&[r"backtrace(?: \(crc [0-9a-f]+\))?:", "PARSE"], &["kmemleak", "mmap_region", "kmalloc", "kzalloc", "kcalloc", "alloc", "create_object", "slab", "kmem_cache", "__do_kmalloc", "krealloc", "memdup", "strdup", "strndup", "sock_kmalloc", "kobject_set_name", "idr_get", "list_lru_init", "kasprintf", "kvasprintf", "pcpu_create_chunk"])),
                 f(r"BUG: corrupted list in {{FUNC}}", "BUG: corrupted list in {F}")
                     .stack(stack(&[r"BUG: corrupted list in {{FUNC}}", CALL_TRACE, "PARSE"], &["list_"])),
                 f(r"BUG: (MAX_[A-Z_]+ too low!)", "BUG: {1}").no_stack(),
@@ -431,7 +434,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     f(r"WARNING: .*refcount_t: ", "WARNING: refcount bug in {F}")
                         .stack(warning_stack(&["refcount", "kobject_"])),
                     f(r"WARNING: .*kernel/locking/lockdep\.c.*lock_", "WARNING: locking bug in {F}")
-                        .stack(warning_stack(&["lock_sync", "lock_class", "__lock_", "lock_acquire", "lock_release", "register_lock_class", "reacquire_held_locks", "validate_chain", "check_noncircular", "check_prev_add", "mark_lock", "mark_usage", "hlock_class", "look_up_lock_class"])),
+                        .stack(warning_stack(&["lock_sock", "release_sock", "lock_sync", "lock_class", "__lock_", "lock_acquire", "lock_release", "register_lock_class", "reacquire_held_locks", "validate_chain", "check_noncircular", "check_prev_add", "mark_lock", "mark_usage", "hlock_class", "look_up_lock_class"])),
                     f(r"WARNING: .*mm/slab_common\.c.* kmalloc_slab", "WARNING: kmalloc bug in {F}")
                         .stack(warning_stack(&["kmalloc", "krealloc", "slab", "kmem", "kvmalloc", "kmemdup", "kcalloc", "kzalloc"])),
                     f(r"WARNING: .*mm/page_alloc\.c.* (?:__alloc_pages|__alloc_pages_slowpath|__alloc_pages_nodemask)", "WARNING: kmalloc bug in {F}")
@@ -439,7 +442,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     f(r"WARNING: .*mm/vmalloc\.c.*__vmalloc_node", "WARNING: zero-size vmalloc in {F}")
                         .stack(warning_stack(&["vmalloc", "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"])),
                     f(r"WARNING: kernel stack regs at [0-9a-f]+ in [^ ]* has bad '([^']+)' value", "WARNING: kernel stack regs has bad '{1}' value").no_stack(),
-                    f(r"WARNING: kernel stack regs at [0-9a-f]+ in [^ ]* has bad value", "WARNING: kernel stack regs has bad value").no_stack(),
+                    f(r"WARNING: kernel stack regs at [^\n]* has bad ", "WARNING: kernel stack regs has bad value").no_stack(),
                     f(r"WARNING: kernel stack frame pointer at [0-9a-f]+ in [^ ]* has bad value", "WARNING: kernel stack frame pointer has bad value").no_stack(),
                     f(r"WARNING: bad unlock balance detected!", "WARNING: bad unlock balance in {F}")
                         .stack(stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])),
@@ -450,10 +453,14 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     f(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {F}")
                         .no_stack()
                         .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
-                    f(r"WARNING: still has locks held!", "WARNING: still has locks held in {F}")
+                    f(r"WARNING: [^\n]*still has locks held!", "WARNING: still has locks held in {F}")
                         .stack(call_trace(&["freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
                 ];
                 v.extend(lockdep_formats("WARNING"));
+                v.push(
+                    f(r"WARNING: .* at drivers/usb/core/urb\.c:[0-9]+ usb_submit_urb", "WARNING in {F}/usb_submit_urb")
+                        .stack(warning_stack(&["usb_submit_urb", "usb_start_wait_urb", "usb_bulk_msg", "usb_interrupt_msg", "usb_control_msg"])),
+                );
                 v.extend([
                     f(r"WARNING: .* at {{SRC}} {{FUNC}}", "WARNING in {F}")
                         .stack(warning_stack(&[])),
