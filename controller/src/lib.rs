@@ -4,11 +4,11 @@
 pub mod classify;
 pub mod cli;
 pub mod client;
-pub mod transport;
-pub mod vm;
-pub mod store;
-pub mod trend;
-pub mod recovery;
-pub mod verdict;
 pub mod guest;
+pub mod recovery;
+pub mod store;
 pub mod supervisor;
+pub mod transport;
+pub mod trend;
+pub mod verdict;
+pub mod vm;

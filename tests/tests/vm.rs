@@ -267,7 +267,10 @@ fn guest_panic_pauses_and_is_reported_over_qmp() {
         let status = vm.qmp().query_status().await.unwrap();
         assert_eq!(status.status, "guest-panicked");
         assert!(vm.try_exit_status().is_none(), "paused, not exited");
-        assert!(vm.guest_events().borrow().panicked, "event tracked by the vm");
+        assert!(
+            vm.guest_events().borrow().panicked,
+            "event tracked by the vm"
+        );
         let console = vm.console().history();
         assert!(
             console.iter().any(|l| l.text.contains("Kernel panic")),
