@@ -14,34 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vexfs_controller::classify::Classifier;
-
-/// The header strings of the classifier's oops table (kept in sync by hand; the
-/// benchmark is about the scan, and grep needs a pattern file).
-const HEADERS: &[&str] = &[
-    "BUG:",
-    "WARNING:",
-    "INFO:",
-    "Unable to handle kernel",
-    "general protection fault",
-    "stack segment: ",
-    "Kernel panic",
-    "PANIC: double fault",
-    "kernel BUG",
-    "Kernel BUG",
-    "BUG kmalloc-",
-    "divide error:",
-    "invalid opcode:",
-    "UBSAN:",
-    "unregister_netdevice: waiting for",
-    "Internal error:",
-    "Unhandled fault:",
-    "Alignment trap:",
-    "VFS: Close: file count is zero",
-    "VFS: Busy inodes after unmount",
-    "SYZFAIL:",
-    "SYZFATAL:",
-];
+use vexfs_controller::classify::{self, Classifier};
 
 const NOISE: &[&str] = &[
     "audit: type=1400 audit(1700000000.123:42): avc:  denied  { read } for  pid=1234 comm=\"syz-executor\" name=\"vexfs\" dev=\"sda1\" ino=1234",
@@ -66,7 +39,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("vexfs-classify-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let patterns = dir.join("headers.txt");
-    std::fs::write(&patterns, HEADERS.join("\n") + "\n").expect("patterns");
+    std::fs::write(&patterns, classify::crash_headers().join("\n") + "\n").expect("patterns");
 
     let clean = dir.join("clean.log");
     write_clean(&clean, mb << 20);

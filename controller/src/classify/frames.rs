@@ -28,7 +28,7 @@ static ARM_FRAME: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Lines that begin a stack trace section of a report.
 pub(crate) static STACK_START: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"Call (?:T|t)race|Backtrace:|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:|Allocated in |Freed in |Last potentially related work creation:|Second to last potentially related work creation:|Stack:\s*$|^\s*(?:allocated|freed) by task [0-9]+|\(in kfence-#[0-9]+\):")
+    Regex::new(r"Call (?:T|t)race|Backtrace:|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:|Allocated in |Freed in |Last potentially related work creation:|Second to last potentially related work creation:|Stack:\s*$|^\s*(?:allocated|freed) by task [0-9]+|\(in kfence-#[0-9]+\):|Uninit was (?:stored|created)|^\s*Local variable")
         .expect("stack start regex")
 });
 
@@ -457,6 +457,23 @@ static STALL_ANCHORS: LazyLock<RegexSet> = LazyLock::new(|| {
     .expect("stall anchors")
 });
 
+/// Waiting and locking machinery a hung task sits in (substrings).
+const HUNG_WAIT: &[&str] = &[
+    "sched",
+    "_lock",
+    "_slowlock",
+    "down",
+    "rwsem",
+    "completion",
+    "kthread",
+    "wait",
+    "synchronize",
+    "context_switch",
+    "__switch_to",
+    "cancel_delayed_work",
+    "rcu_barrier",
+];
+
 /// Which of the collected frames a title names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Extractor {
@@ -465,6 +482,10 @@ pub(crate) enum Extractor {
     /// Stalls: the frame just above the first dispatch/syscall anchor, so that a
     /// loop anywhere in the same syscall or work item gives the same title.
     Stall,
+    /// Hung tasks: hangs in `rtnl_lock` or any `synchronize_*` (RCU) are grouped,
+    /// since such hangs show up at random victim stacks; else the first frame that
+    /// is not waiting/locking machinery.
+    Hung,
 }
 
 /// Picks the title frame from candidate frames, or `None` when none qualifies.
@@ -472,6 +493,27 @@ pub(crate) fn pick(frames: &[String], skip: &[&str], extractor: Extractor) -> Op
     let kept: Vec<&String> = frames.iter().filter(|f| !is_skipped(f, skip)).collect();
     match extractor {
         Extractor::First => kept.first().map(|f| f.to_string()),
+        Extractor::Hung => {
+            for f in &kept {
+                if f.contains("rtnl_lock") {
+                    return Some(f.to_string());
+                }
+                if [
+                    "synchronize_rcu",
+                    "synchronize_srcu",
+                    "synchronize_net",
+                    "synchronize_sched",
+                ]
+                .iter()
+                .any(|a| f.contains(a))
+                {
+                    return Some("synchronize_rcu".to_string());
+                }
+            }
+            kept.iter()
+                .find(|f| !HUNG_WAIT.iter().any(|w| f.contains(w)))
+                .map(|f| f.to_string())
+        }
         Extractor::Stall => {
             // A stall spinning in a cross-CPU call is a stall in that call.
             if frames.iter().any(|f| f.starts_with("smp_call_function")) {

@@ -167,6 +167,12 @@ pub struct CrashReport {
     pub start_line: usize,
 }
 
+/// The literal header strings that can start a crash report (what the prefilter
+/// searches for; the benchmark hands them to `grep -F` for comparison).
+pub fn crash_headers() -> Vec<&'static str> {
+    oops::header_strings()
+}
+
 /// Classifies a whole log; equal to feeding it to a [`Classifier`] and finishing.
 pub fn classify(log: &[u8]) -> Vec<CrashReport> {
     let mut c = Classifier::new();

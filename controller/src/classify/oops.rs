@@ -178,29 +178,21 @@ fn stall_stack(first: &str) -> StackFmt {
     }
 }
 
+const IRQ_LOCK_SKIP: &[&str] = &[
+    "lock_acquire",
+    "_raw_spin_lock",
+    "_raw_read_lock",
+    "_raw_write_lock",
+];
 const LOCK_SKIP: &[&str] = &[
     "lock_acquire",
     "__lock_acquire",
     "lock_sock",
     "lock_timer_base",
+    "process_one_work",
+    "worker_thread",
 ];
-const HUNG_SKIP: &[&str] = &[
-    "sched",
-    "_lock",
-    "_slowlock",
-    "down",
-    "rwsem",
-    "completion",
-    "kthread",
-    "wait",
-    "synchronize",
-    "context_switch",
-    "__switch_to",
-    "cancel_delayed_work",
-    "rcu_barrier",
-    "flush_",
-    "freezer",
-];
+const HUNG_SKIP: &[&str] = &[];
 
 /// Lockdep reports name the lock acquisition site (`at: func`).
 fn lockdep_at() -> StackFmt {
@@ -226,7 +218,11 @@ fn lockdep_formats(h: &str) -> Vec<Format> {
         f(&format!("{h}: possible recursive locking detected"), "possible deadlock in {F}")
             .stack(lockdep_at()),
         f(&format!("{h}: (?:SOFTIRQ|HARDIRQ)-(?:READ-)?safe -> (?:SOFTIRQ|HARDIRQ)-(?:READ-)?unsafe lock order detected"), "possible deadlock in {F}")
-            .stack(lockdep_at()),
+            .stack(StackFmt {
+                parts: parts(&["which became (?:SOFTIRQ|HARDIRQ)-(?:READ-)?irq-safe at:", "PARSE"]),
+                parts2: lockdep_at().parts,
+                ..stack(&[], IRQ_LOCK_SKIP)
+            }),
         f(&format!("{h}: possible irq lock inversion dependency detected"), "possible deadlock in {F}")
             .stack(lockdep_at()),
         f(&format!("{h}: inconsistent lock state"), "inconsistent lock state in {F}")
@@ -341,7 +337,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 f(r"BUG: KMSAN: ([a-z\-]+) in {{FUNC}}", "KMSAN: {1} in {F}")
                     .alt(&["bad-access in {F}"])
                     .stack(StackFmt {
-                        parts: parts(&[r"BUG: KMSAN: (?:[a-z\-]+) in {{FUNC}}", CALL_TRACE, "PARSE"]),
+                        parts: parts(&[r"BUG: KMSAN: (?:[a-z\-]+) in {{FUNC}}", "PARSE"]),
                         parts2: parts(&[CALL_TRACE, "PARSE"]),
                         skip: &["alloc_skb", "netlink_ack", "netlink_rcv_skb", "instrument_", "copy_to_user", "copyout"],
                         extractor: Extractor::First,
@@ -395,7 +391,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .stack(call_trace(&["dput", "shrink_dcache", "umount", "d_walk", "kill_", "deactivate", "cleanup_mnt"])),
                 f(r"BUG: Bad page (state|map|cache)", "BUG: Bad page {1} in {F}")
                     .stack(call_trace(&["bad_page", "free_", "page", "folio", "zap_", "unmap_", "release_pages"])),
-                f(r"BUG: stack guard page was hit", "BUG: stack guard page was hit in {F}")
+                f(r"BUG: (?:[A-Z]+ )?stack guard page was hit", "BUG: stack guard page was hit in {F}")
                     .alt(&["stack-overflow in {F}"])
                     .stack(rip_stack(&[])),
                 f(r"BUG: memory leak", "memory leak in {F}")
@@ -421,15 +417,15 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
             header: "WARNING:",
             formats: {
                 let mut v = vec![
-                    f(r"WARNING: .*lib/debugobjects\.c.* (?:debug_print|debug_check)", "WARNING: ODEBUG bug in {F}")
+                    f(r"WARNING: .*lib/debugobjects\.c", "WARNING: ODEBUG bug in {F}")
                         .stack(warning_stack(&["debug_", "kfree", "slab", "free_"])),
                     f(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy in {F}")
                         .stack(warning_stack(&["usercopy", "__check", "check_"])),
-                    f(r"WARNING: .*lib/kobject\.c.* kobject_", "WARNING: kobject bug in {F}")
+                    f(r"WARNING: .*lib/kobject\.c", "WARNING: kobject bug in {F}")
                         .stack(warning_stack(&["kobject_"])),
                     f(r"WARNING: .*fs/proc/generic\.c.* proc_register", "WARNING: proc registration bug in {F}")
                         .stack(warning_stack(&["proc_"])),
-                    f(r"WARNING: .*lib/refcount\.c.* refcount_", "WARNING: refcount bug in {F}")
+                    f(r"WARNING: .*lib/refcount\.c", "WARNING: refcount bug in {F}")
                         .stack(warning_stack(&["refcount", "kobject_"])),
                     f(r"WARNING: .*refcount_t: ", "WARNING: refcount bug in {F}")
                         .stack(warning_stack(&["refcount", "kobject_"])),
@@ -437,8 +433,6 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         .stack(warning_stack(&["lock_sock", "release_sock", "lock_sync", "lock_class", "__lock_", "lock_acquire", "lock_release", "register_lock_class", "reacquire_held_locks", "validate_chain", "check_noncircular", "check_prev_add", "mark_lock", "mark_usage", "hlock_class", "look_up_lock_class"])),
                     f(r"WARNING: .*mm/slab_common\.c.* kmalloc_slab", "WARNING: kmalloc bug in {F}")
                         .stack(warning_stack(&["kmalloc", "krealloc", "slab", "kmem", "kvmalloc", "kmemdup", "kcalloc", "kzalloc"])),
-                    f(r"WARNING: .*mm/page_alloc\.c.* (?:__alloc_pages|__alloc_pages_slowpath|__alloc_pages_nodemask)", "WARNING: kmalloc bug in {F}")
-                        .stack(warning_stack(&["alloc", "kmalloc", "krealloc", "slab", "kmem", "page", "__get_free_pages", "kvmalloc", "kcalloc", "kzalloc", "kmemdup"])),
                     f(r"WARNING: .*mm/vmalloc\.c.*__vmalloc_node", "WARNING: zero-size vmalloc in {F}")
                         .stack(warning_stack(&["vmalloc", "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"])),
                     f(r"WARNING: kernel stack regs at [0-9a-f]+ in [^ ]* has bad '([^']+)' value", "WARNING: kernel stack regs has bad '{1}' value").no_stack(),
@@ -448,7 +442,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         .stack(stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])),
                     f(r"WARNING: held lock freed!", "WARNING: held lock freed in {F}")
                         .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
-                    f(r"WARNING: nested lock was not taken", "WARNING: nested lock was not taken in {F}")
+                    f(r"WARNING: (?i:nested) lock was not taken", "WARNING: nested lock was not taken in {F}")
                         .stack(call_trace(&[])),
                     f(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {F}")
                         .no_stack()
@@ -468,6 +462,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         .stack(warning_stack(&[])),
                     f(r"WARNING: .* at {{FUNC}}", "WARNING in {F}")
                         .stack(warning_stack(&[])),
+                    f(r"WARNING: {{SRC}} at ", "WARNING in {F}").stack(warning_stack(&[])),
                     f(r"WARNING: CPU: [0-9]+ PID: [0-9]+ at", "WARNING in {F}")
                         .stack(warning_stack(&[])),
                 ]);
@@ -501,9 +496,9 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         .stack(stall_stack(r"apic_timer_interrupt|Exception stack|el1_irq|sysvec_apic_timer_interrupt|<EOI>")),
                     f(r"INFO: task [^\n]* blocked for more than [0-9]+ seconds", "INFO: task hung in {F}")
                         .alt(&["hang in {F}"])
-                        .stack(call_trace(HUNG_SKIP)),
+                        .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(HUNG_SKIP) }),
                     f(r"INFO: task [^\n]* can't die for more than [0-9]+ seconds", "INFO: task can't die in {F}")
-                        .stack(call_trace(HUNG_SKIP)),
+                        .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(HUNG_SKIP) }),
                     f(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {F}")
                         .stack(call_trace(&["stack", "lock", "IRQ", "register_lock_class"])),
                     f(r"INFO: rcu_(?:preempt|sched|bh) detected stalls", "INFO: rcu detected stall in {F}")
@@ -593,6 +588,17 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
             suppressions: Vec::new(),
         },
         Oops {
+            header: "Booting the kernel.",
+            formats: vec![f(r"Booting the kernel\.", "unexpected kernel reboot").no_stack()],
+            // A reboot prints this line on its own; elsewhere it is console garbage.
+            suppressions: vec![re(r"\S[^\n]*Booting the kernel\.")],
+        },
+        Oops {
+            header: "divide_error:",
+            formats: vec![f(r"divide_error: ", "divide error in {F}").stack(rip_stack(&[]))],
+            suppressions: Vec::new(),
+        },
+        Oops {
             header: "divide error:",
             formats: vec![f(r"divide error: ", "divide error in {F}").stack(rip_stack(&[]))],
             suppressions: Vec::new(),
@@ -633,8 +639,8 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
             suppressions: Vec::new(),
         },
         Oops {
-            header: "VFS: Close: file count is zero",
-            formats: vec![f(r"VFS: Close: file count is zero", "VFS: Close: file count is zero (use-after-free)").no_stack()],
+            header: "VFS: Close: file count is",
+            formats: vec![f(r"VFS: Close: file count is", "VFS: Close: file count is zero (use-after-free)").no_stack()],
             suppressions: Vec::new(),
         },
         Oops {
