@@ -275,7 +275,11 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
                     );
                 }
             }
-            Ok(exec_exit_code(reply.exit_code, reply.signal))
+            Ok(exec_exit_code(
+                reply.exit_code,
+                reply.signal,
+                reply.timed_out,
+            ))
         }
         AgentCommand::Sysrq { key } => {
             client.sysrq(&key).await?;
@@ -287,9 +291,14 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// Exit code mirroring a shell: the command's code, or 128+signal.
-fn exec_exit_code(exit_code: i32, signal: i32) -> u8 {
-    if signal > 0 {
+/// Exit code mirroring a shell: the command's code, 128+signal, or 124 (as
+/// timeout(1)) when the agent's timeout killed it.
+fn exec_exit_code(exit_code: i32, signal: i32, timed_out: bool) -> u8 {
+    if timed_out {
+        124
+    } else if exit_code < 0 && signal <= 0 {
+        1
+    } else if signal > 0 {
         (128 + signal).clamp(0, 255) as u8
     } else {
         exit_code.clamp(0, 255) as u8
@@ -514,9 +523,11 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_shell() {
-        assert_eq!(exec_exit_code(0, 0), 0);
-        assert_eq!(exec_exit_code(3, 0), 3);
-        assert_eq!(exec_exit_code(-1, 9), 137);
-        assert_eq!(exec_exit_code(300, 0), 255);
+        assert_eq!(exec_exit_code(0, 0, false), 0);
+        assert_eq!(exec_exit_code(3, 0, false), 3);
+        assert_eq!(exec_exit_code(-1, 9, false), 137);
+        assert_eq!(exec_exit_code(-1, 9, true), 124);
+        assert_eq!(exec_exit_code(-1, 0, false), 1);
+        assert_eq!(exec_exit_code(300, 0, false), 255);
     }
 }

@@ -11,7 +11,6 @@ use serde_json::json;
 
 use super::{EXIT_HARNESS, EXIT_OK};
 use crate::vm::image::{self, Manifest};
-use crate::vm::vsock_backend::VsockChoice;
 use crate::vm::{AccelChoice, PanicAction, Vm, VmConfig, process};
 
 /// Guest VM operations.
@@ -138,9 +137,6 @@ fn config(args: &BootArgs) -> anyhow::Result<(VmConfig, String)> {
     cfg.cpus = args.cpus;
     cfg.panic_action = parse_panic_action(&args.panic_action)?;
     cfg.keep_run_dir = args.keep_run_dir;
-    if args.wait_console.is_some() && args.kernel_file.is_some() {
-        cfg.vsock = VsockChoice::Auto;
-    }
     Ok((cfg, release))
 }
 
