@@ -15,6 +15,9 @@ use crate::vm::{Vm, VmConfig, VmError};
 
 /// How long a booting guest may take to answer Health.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a restarted guest may take to come back clean during recovery (the
+/// design's recovery-time target is 30 s).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Taint letters that say the kernel is no longer clean (die, warn, soft lockup, bad
 /// page, machine check).
 const DIRTY_TAINT: &[char] = &['D', 'W', 'L', 'B', 'M'];
@@ -233,9 +236,10 @@ impl Guest {
             .ok_or_else(|| GuestError::Unclean("no VM".into()))?;
         let started = Instant::now();
         loop {
-            let (client, health) = vm.wait_for_agent(BOOT_TIMEOUT).await?;
+            let left = VERIFY_TIMEOUT.saturating_sub(started.elapsed());
+            let (client, health) = vm.wait_for_agent(left).await?;
             if health.boot_id == old_boot {
-                if started.elapsed() > BOOT_TIMEOUT {
+                if started.elapsed() > VERIFY_TIMEOUT {
                     return Err(GuestError::Unclean("boot id did not change".into()));
                 }
                 // The old agent still answers while the reset takes effect.
@@ -499,6 +503,11 @@ pub async fn handle_crash(
         qmp_responsive,
         kernel_died: oopsed || crash.category == Category::KernelPanic.as_str(),
         guest_running: !verdict.is_failure(),
+        // Kernel vhost-vsock survives a reset; the vhost-user daemon does not.
+        reset_keeps_transport: guest
+            .vm
+            .as_ref()
+            .is_some_and(|vm| vm.daemon_pid().is_none()),
         test_crashes: ctx.test_crashes.max(1),
     };
     let mut ladder = Ladder::new(situation, policy);

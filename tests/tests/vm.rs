@@ -6,6 +6,9 @@
 //! VMs are booted one at a time (a process-wide lock): two cores boot one guest at
 //! full speed, and the one-second death-notice check needs an idle machine.
 
+#[path = "vm/recovery.rs"]
+mod recovery;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
