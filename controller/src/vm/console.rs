@@ -44,6 +44,8 @@ struct Inner {
     start: Instant,
     tx: broadcast::Sender<ConsoleLine>,
     history: Mutex<VecDeque<ConsoleLine>>,
+    /// Reader tasks still running (a pipe not yet at EOF).
+    readers: tokio::sync::watch::Sender<usize>,
 }
 
 /// The console hub of one VM.
@@ -67,6 +69,7 @@ impl Console {
                 start,
                 tx,
                 history: Mutex::new(VecDeque::new()),
+                readers: tokio::sync::watch::channel(0).0,
             }),
         }
     }
@@ -145,6 +148,7 @@ impl Console {
     {
         let mut log = Some(File::create(log_path)?);
         let hub = self.clone();
+        self.inner.readers.send_modify(|n| *n += 1);
         Ok(tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut pending: Vec<u8> = Vec::new();
@@ -196,7 +200,17 @@ impl Console {
             if let Some(f) = log.as_mut() {
                 let _ = f.flush();
             }
+            hub.inner.readers.send_modify(|n| *n = n.saturating_sub(1));
         }))
+    }
+
+    /// Waits (up to `timeout`) until every attached pipe reached EOF, i.e. all output
+    /// of an exited process has been captured. True when drained.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.readers.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -219,6 +233,7 @@ mod tests {
         w.write_all(b"\n\xfftail").await.unwrap();
         drop(w);
         task.await.unwrap();
+        assert!(console.drained(Duration::from_millis(100)).await);
         let texts: Vec<String> = console.history().into_iter().map(|l| l.text).collect();
         assert_eq!(texts[0], "hello");
         assert_eq!(texts[1], "world");

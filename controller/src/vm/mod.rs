@@ -427,8 +427,8 @@ impl Vm {
         tokio::select! {
             out = fut => Ok(out),
             status = qemu.wait() => {
-                // Let the pipe readers drain the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Let the pipe readers capture the last lines (EOF follows exit).
+                self.console.drained(Duration::from_secs(1)).await;
                 Err(VmError::Exited { status, during, tail: self.output_tail(30) })
             }
         }
@@ -525,8 +525,9 @@ impl Vm {
         match self.until_exit("waiting for the agent", raced).await? {
             Ok(r) => Ok(r?),
             Err(true) => {
-                // Let the console reader catch up with the panic text.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Let the console reader catch up with the panic text (QEMU is
+                // paused, not exited, so there is no EOF to wait for).
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 Err(VmError::GuestPanicked {
                     tail: self.output_tail(40),
                 })
