@@ -403,6 +403,15 @@ pub(crate) fn parse_frame(line: &str) -> Option<Frame> {
     })
 }
 
+/// The caller named by an arm32 `(f) from (caller)` frame line.
+pub(crate) fn arm_caller(line: &str) -> Option<Frame> {
+    let c = ARM_FRAME.captures(line)?;
+    Some(Frame {
+        func: normalize_func(&c[2]),
+        module: None,
+    })
+}
+
 /// Strips syscall-entry wrappers so one syscall gets one name across kernel
 /// versions: arch wrappers become `sys_foo`, inner wrappers become `foo`.
 pub(crate) fn normalize_func(f: &str) -> String {

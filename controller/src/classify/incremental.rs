@@ -245,12 +245,22 @@ fn attached(p: &Pending, hit: HeaderHit) -> bool {
     match header {
         // Panics after an oops/warning/lockup are that crash's ending.
         "Kernel panic" => OOPSES[p.hit.oops].header != "Kernel panic" || p.lines.len() < ATTACHED,
+        // The oops line of an arch fault report follows its fault details, before
+        // any stack dump.
         "invalid opcode:"
         | "divide error:"
+        | "divide_error:"
         | "general protection fault"
         | "stack segment: "
         | "Internal error:"
-        | "Unable to handle kernel" => p.lines.len() < ATTACHED,
+        | "Unable to handle kernel" => {
+            p.lines.len() < ATTACHED
+                || (p.lines.len() < 4 * ATTACHED
+                    && !p
+                        .lines
+                        .iter()
+                        .any(|l| super::frames::STACK_START.is_match(&l.text)))
+        }
         _ => false,
     }
 }

@@ -195,6 +195,12 @@ fn parse_frames(texts: &[&str]) -> Vec<Frame> {
         if t.contains("---[ end trace") || (n > 0 && t.starts_with("=====") && !out.is_empty()) {
             break;
         }
+        // arm32 lines name the caller too: `(f) from (caller+0x1/0x2)`.
+        if let Some(caller) = frames::arm_caller(t) {
+            out.extend(frames::parse_frame(t));
+            out.push(caller);
+            continue;
+        }
         if let Some(f) = frames::parse_frame(t).or_else(|| rip_frame(t)) {
             out.push(f);
             if out.len() >= 64 {
