@@ -68,8 +68,6 @@ pub struct Guest {
     opts: WatchOptions,
     /// Time from QEMU start to agent healthy at the last (re)boot.
     pub boot_time: Duration,
-    /// Pid of a task last reported stuck (for process termination).
-    pub stuck_pid: Option<u32>,
 }
 
 impl Guest {
@@ -92,7 +90,6 @@ impl Guest {
             watch,
             opts,
             boot_time: started.elapsed(),
-            stuck_pid: None,
         })
     }
 
@@ -256,13 +253,12 @@ impl Guest {
             self.watch = Watch::start(vm, &health.boot_id, health.agent_pid, self.opts.clone());
             self.client = client;
             self.health = health;
-            self.stuck_pid = None;
             return Ok(());
         }
     }
 
     async fn kill_stuck(&mut self) -> Outcome {
-        let Some(pid) = self.stuck_pid else {
+        let Some(pid) = self.watch.stuck_pid() else {
             return Outcome::Hung;
         };
         let script = format!(
@@ -436,10 +432,12 @@ pub fn verdict_row(verdict: &Verdict, kernel: &str, ctx: &CrashContext) -> NewCr
                 code.map_or("killed by a signal".into(), |c| format!("status {c}"))
             ),
         ),
+        // Init restarts the agent; a smoke test tells whether the guest is whole, and
+        // the ladder escalates when it is not.
         Verdict::AgentDead => (
             "other",
             "moderate",
-            "vm_restart",
+            "none",
             "agent died in a live guest".to_string(),
         ),
         Verdict::Rebooted => (
@@ -462,6 +460,64 @@ pub fn verdict_row(verdict: &Verdict, kernel: &str, ctx: &CrashContext) -> NewCr
         test_name: ctx.test_name.clone(),
         verdict: verdict.name().into(),
         detected_at_ms: store::now_ms(),
+        ..Default::default()
+    }
+}
+
+/// The crash row of an incident: the kernel's report when there is one, else the
+/// verdict itself.
+pub fn incident_row(
+    incident: &crate::supervisor::Incident,
+    kernel: &str,
+    ctx: &CrashContext,
+) -> NewCrash {
+    match &incident.report {
+        Some(r) if incident.verdict.is_failure() => {
+            crash_row(r, kernel, incident.verdict.name(), ctx)
+        }
+        Some(r) => crash_row(r, kernel, "crash", ctx),
+        None => verdict_row(&incident.verdict, kernel, ctx),
+    }
+}
+
+/// A crash row for counters that grew with every cycle of an operation. The title
+/// names the counters but no numbers, so the same leak dedupes across runs.
+pub fn leak_row(
+    leaks: &[crate::trend::Trend],
+    module: &str,
+    operation: &str,
+    kernel: &str,
+    ctx: &CrashContext,
+) -> NewCrash {
+    let names: Vec<&str> = leaks.iter().map(|t| t.name.as_str()).collect();
+    let title = format!(
+        "resource leak in {module}: {} per {operation}",
+        names.join(", ")
+    );
+    let report = leaks
+        .iter()
+        .map(|t| {
+            format!(
+                "{}: {:+.1} {}/{operation} (99% interval {:+.1} .. {:+.1}) over {} cycles",
+                t.name, t.slope, t.unit, t.lower, t.upper, t.n
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    NewCrash {
+        run_id: ctx.run_id,
+        test_id: ctx.test_id,
+        category: Category::ResourceLeak.as_str().into(),
+        severity: Category::ResourceLeak.severity().as_str().into(),
+        recovery: Category::ResourceLeak.recovery().as_str().into(),
+        signature: title.clone(),
+        title,
+        kernel: kernel.into(),
+        module: module.into(),
+        test_name: ctx.test_name.clone(),
+        verdict: "trend".into(),
+        detected_at_ms: store::now_ms(),
+        report,
         ..Default::default()
     }
 }
@@ -545,6 +601,9 @@ pub async fn handle_crash(
         }
     };
     let duration = started.elapsed();
+    if fate == Fate::Continue {
+        guest.watch.acknowledge();
+    }
     // The verdict row of the whole recovery: its outcome is what the stats count.
     store.record_attempt(&NewAttempt {
         run_id: ctx.run_id,

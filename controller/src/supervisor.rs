@@ -29,6 +29,12 @@ const IDLE_FLUSH: Duration = Duration::from_millis(1500);
 const JUDGE_EVERY: Duration = Duration::from_millis(200);
 /// Console lines kept for crash excerpts.
 const EXCERPT_LINES: usize = 200;
+/// After a hang verdict, how long a kernel report may still arrive to explain it (a
+/// soft lockup prints ~13 s into the freeze, after the 10 s silence).
+const HANG_EXPLAIN_GRACE: Duration = Duration::from_secs(8);
+/// After other failure verdicts (panic, QEMU exit), how long a report may still
+/// complete (the classifiers flush open reports after IDLE_FLUSH).
+const EXPLAIN_GRACE: Duration = Duration::from_millis(2500);
 
 /// Where a crash report was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +75,19 @@ pub enum Observation {
     Verdict(Verdict),
 }
 
+/// A crash or a failure verdict; when both come, the crash explains the verdict.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    /// The kernel's own report, when there is one.
+    pub report: Option<Box<CrashReport>>,
+    /// Where the report was read.
+    pub source: Option<CrashSource>,
+    /// The liveness verdict at the time.
+    pub verdict: Verdict,
+    /// When it was first noticed.
+    pub at: Instant,
+}
+
 /// Watch settings.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -104,6 +123,8 @@ struct State {
     agent_pid: u32,
     agent_restarted: bool,
     last_seq: Option<u64>,
+    /// The last task reported stuck (D-state scan or kernel notice).
+    stuck_pid: Option<u32>,
     /// (boot id, signature) already reported.
     seen: HashSet<(String, String)>,
     excerpt: std::collections::VecDeque<String>,
@@ -158,6 +179,7 @@ impl Watch {
             agent_pid,
             agent_restarted: false,
             last_seq: None,
+            stuck_pid: None,
             seen: HashSet::new(),
             excerpt: std::collections::VecDeque::with_capacity(EXCERPT_LINES),
         }));
@@ -214,6 +236,82 @@ impl Watch {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The last task reported stuck in this boot.
+    pub fn stuck_pid(&self) -> Option<u32> {
+        lock(&self.state).stuck_pid
+    }
+
+    /// Waits for the next crash or failure verdict. A failure verdict waits a little
+    /// for a kernel report that explains it, so one hang or panic gives one incident
+    /// with the kernel's own diagnosis. Other observations are passed to `other`.
+    pub async fn next_incident(
+        &mut self,
+        within: Duration,
+        mut other: impl FnMut(Observation),
+    ) -> Option<Incident> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_timeout(left).await? {
+                Observation::Crash {
+                    report, source, at, ..
+                } => {
+                    return Some(Incident {
+                        report: Some(report),
+                        source: Some(source),
+                        verdict: self.verdict(),
+                        at,
+                    });
+                }
+                Observation::Verdict(v) if v.is_failure() => {
+                    let at = Instant::now();
+                    // A silent agent with a console still printing is most often a
+                    // kernel stall in the middle of reporting itself.
+                    let grace = if matches!(v, Verdict::GuestHung | Verdict::AgentDead) {
+                        HANG_EXPLAIN_GRACE
+                    } else {
+                        EXPLAIN_GRACE
+                    };
+                    let until = at + grace;
+                    loop {
+                        let left = until.saturating_duration_since(Instant::now());
+                        match self.recv_timeout(left).await {
+                            Some(Observation::Crash { report, source, .. }) => {
+                                return Some(Incident {
+                                    report: Some(report),
+                                    source: Some(source),
+                                    verdict: v,
+                                    at,
+                                });
+                            }
+                            Some(Observation::Verdict(_)) => {}
+                            Some(o) => other(o),
+                            None => {
+                                return Some(Incident {
+                                    report: None,
+                                    source: None,
+                                    verdict: v,
+                                    at,
+                                });
+                            }
+                        }
+                    }
+                }
+                o => other(o),
+            }
+        }
+    }
+
+    /// Accepts the current state as the new normal after a recovery that kept the
+    /// guest (an agent restart, a reconnect), so the verdict is judged afresh.
+    pub fn acknowledge(&self) {
+        let mut s = lock(&self.state);
+        s.agent_restarted = false;
+        s.link = Link::Up;
+        s.stuck_pid = None;
+        s.boot_id = s.current_boot_id.clone();
     }
 
     /// Stops the tasks now.
@@ -437,7 +535,10 @@ async fn agent_task(
                     }
                     None
                 }
-                Some(event::Kind::HungTask(h)) => Some(Observation::Hung(h)),
+                Some(event::Kind::HungTask(h)) => {
+                    lock(&state).stuck_pid = Some(h.pid);
+                    Some(Observation::Hung(h))
+                }
                 Some(event::Kind::Counters(c)) => Some(Observation::Counters(Box::new(c))),
                 Some(event::Kind::Gap(g)) => Some(Observation::Gap {
                     from: g.from,

@@ -5,9 +5,11 @@
 use std::time::{Duration, Instant};
 
 use vexfs_controller::guest::{self, CrashContext, Guest, Handled, ModuleSpec};
-use vexfs_controller::recovery::{Fate, Level, Policy};
+use vexfs_controller::recovery::{Fate, Level, Outcome, Policy};
 use vexfs_controller::store::{NewCrash, Store};
-use vexfs_controller::supervisor::{Observation, WatchOptions};
+use vexfs_controller::supervisor::WatchOptions;
+use vexfs_controller::trend;
+use vexfs_controller::verdict::Timeouts;
 use vexfs_controller::vm::image::Manifest;
 
 use super::{config, manifest, rt, serial};
@@ -60,8 +62,16 @@ async fn bench(test: &str, opts: WatchOptions) -> Bench {
 
 /// Fires a fault from a child shell in the background (the writer may never return).
 fn fire(b: &Bench, fault: &str) {
+    fire_cmd(
+        b,
+        &format!("echo {fault} > /sys/kernel/debug/vexfs/trigger"),
+    );
+}
+
+/// Runs a shell command in the guest in the background.
+fn fire_cmd(b: &Bench, cmd: &str) {
     let mut client = b.guest.client().with_call_timeout(Duration::from_secs(120));
-    let cmd = format!("echo {fault} > /sys/kernel/debug/vexfs/trigger");
+    let cmd = cmd.to_string();
     tokio::spawn(async move {
         let _ = client
             .exec(vexfs_proto::ExecRequest {
@@ -73,28 +83,17 @@ fn fire(b: &Bench, fault: &str) {
     });
 }
 
-/// Waits for the first crash observation (remembering stuck pids on the way).
+/// Waits for the first incident and turns it into a crash row.
 async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, Instant) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match b.guest.watch().recv_timeout(left).await {
-            Some(Observation::Crash { report, at, .. }) => {
-                let row =
-                    guest::crash_row(&report, &b.guest.health.kernel_release, "crash", &b.ctx);
-                return (row, at);
-            }
-            Some(Observation::Hung(h)) => b.guest.stuck_pid = Some(h.pid),
-            Some(Observation::Verdict(v)) if v.is_failure() => {
-                let row = guest::verdict_row(&v, &b.guest.health.kernel_release, &b.ctx);
-                return (row, Instant::now());
-            }
-            Some(_) => {}
-            None => panic!(
-                "no crash within {within:?}; console:\n{}",
-                b.guest.watch().console_excerpt()
-            ),
-        }
+    match b.guest.watch().next_incident(within, |_| {}).await {
+        Some(i) => (
+            guest::incident_row(&i, &b.guest.health.kernel_release, &b.ctx),
+            i.at,
+        ),
+        None => panic!(
+            "no crash within {within:?}; console:\n{}",
+            b.guest.watch().console_excerpt()
+        ),
     }
 }
 
@@ -111,7 +110,10 @@ async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Handled {
     .await
     .unwrap();
     for (level, action, outcome, took) in &h.steps {
-        eprintln!("recovery: {level:?} {} -> {outcome:?} in {took:?}", action.name());
+        eprintln!(
+            "recovery: {level:?} {} -> {outcome:?} in {took:?}",
+            action.name()
+        );
     }
     eprintln!("recovery: {:?} {:?} in {:?}", h.level, h.fate, h.duration);
     let row = b.store.crash(h.crash_id).unwrap();
@@ -172,5 +174,225 @@ fn module_crash_null_deref_resets_the_guest() {
         );
         assert_ne!(b.guest.health.boot_id, old_boot);
         assert!(h.record_latency < Duration::from_secs(1));
+    });
+}
+
+/// Fires `fault`, expects one crash of `category` titled `title`, recovers, and returns
+/// what the recovery did.
+async fn fault_case(
+    b: &mut Bench,
+    fault: &str,
+    within: Duration,
+    category: &str,
+    title: &str,
+) -> Handled {
+    let t0 = Instant::now();
+    fire(b, fault);
+    let (crash, at) = first_crash(b, within).await;
+    eprintln!("{fault}: crash after {:?}: {}", t0.elapsed(), crash.title);
+    assert_eq!(crash.category, category, "{}", crash.report);
+    assert_eq!(crash.title, title);
+    recover(b, crash, at).await
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn kernel_panic_restarts_the_guest() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("panic", WatchOptions::default()).await;
+        let old_boot = b.guest.health.boot_id.clone();
+        let h = fault_case(
+            &mut b,
+            "panic",
+            Duration::from_secs(30),
+            "kernel_panic",
+            "kernel panic: vexfs: injected panic from vexfs_fault_panic",
+        )
+        .await;
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+        assert_ne!(b.guest.health.boot_id, old_boot);
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn deadlock_found_as_hung_task_and_reset_when_unkillable() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("deadlock", WatchOptions::default()).await;
+        let h = fault_case(
+            &mut b,
+            "deadlock",
+            Duration::from_secs(40),
+            "deadlock",
+            "INFO: task hung in vexfs_fault_deadlock",
+        )
+        .await;
+        // The agent's D-state scan named the stuck task before the kernel did; a task
+        // in D state cannot be killed, so termination fails and the guest is reset.
+        assert_eq!(actions(&h)[0], "kill_workload");
+        assert_eq!(h.steps[0].2, Outcome::Hung);
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn soft_lockup_reported_by_the_kernel_then_reset() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("softlockup", WatchOptions::default()).await;
+        let h = fault_case(
+            &mut b,
+            "softlockup",
+            Duration::from_secs(60),
+            "deadlock",
+            "BUG: soft lockup in vexfs_fault_softlockup",
+        )
+        .await;
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn kfence_use_after_free_is_memory_corruption() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("uaf", WatchOptions::default()).await;
+        let h = fault_case(
+            &mut b,
+            "uaf",
+            Duration::from_secs(30),
+            "memory_corruption",
+            "KFENCE: use-after-free read in vexfs_fault_uaf",
+        )
+        .await;
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn leak_found_by_trend_over_mount_cycles_and_cleaned_up() {
+    let _one = serial();
+    rt().block_on(async {
+        let opts = WatchOptions {
+            counters: None,
+            ..Default::default()
+        };
+        let mut b = bench("leak", opts).await;
+        let set = "echo 64 > /sys/module/vexfs/parameters/leak_per_mount_kb";
+        let r = b.guest.exec(&["sh", "-c", set], Duration::from_secs(10)).await.unwrap();
+        assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+        let mut sunreclaim = Vec::new();
+        let mut client = b.guest.client();
+        for _ in 0..16 {
+            let cycle = "mkdir -p /mnt/l && mount -t vexfs none /mnt/l && echo x > /mnt/l/f && umount /mnt/l";
+            let r = b.guest.exec(&["sh", "-c", cycle], Duration::from_secs(10)).await.unwrap();
+            assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+            let c = client.sample_counters(Default::default()).await.unwrap();
+            sunreclaim.push(c.meminfo_kb["SUnreclaim"] as f64);
+        }
+        let series = trend::Series {
+            name: "SUnreclaim".into(),
+            unit: "kB".into(),
+            min_growth: 256.0,
+            values: sunreclaim,
+        };
+        let leaks = trend::leaks(&[series], &trend::Config::default());
+        assert_eq!(leaks.len(), 1, "no leak found");
+        assert!(leaks[0].slope > 32.0 && leaks[0].slope < 128.0, "{:?}", leaks[0]);
+        let crash = guest::leak_row(&leaks, "vexfs", "mount", b.guest.kernel(), &b.ctx);
+        assert_eq!(crash.title, "resource leak in vexfs: SUnreclaim per mount");
+        let h = recover(&mut b, crash, Instant::now()).await;
+        // A leak needs no reset: unload, clean up, reload, check.
+        assert_eq!(
+            actions(&h),
+            ["unload_module", "check_leaks", "load_module", "smoke_test"]
+        );
+        assert_eq!((h.level, h.fate), (Level::Graceful, Fate::Continue));
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn frozen_guest_is_a_system_hang() {
+    let _one = serial();
+    rt().block_on(async {
+        let opts = WatchOptions {
+            timeouts: Timeouts {
+                heartbeat: Duration::from_secs(1),
+                silence: Duration::from_secs(4),
+            },
+            ..Default::default()
+        };
+        let mut b = bench("hang", opts).await;
+        b.guest.vm().unwrap().qmp().stop().await.unwrap();
+        let (crash, at) = first_crash(&mut b, Duration::from_secs(20)).await;
+        assert_eq!(crash.verdict, "guest_hung");
+        assert_eq!(crash.category, "system_hang");
+        let h = recover(&mut b, crash, at).await;
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn agent_killed_in_a_live_guest_comes_back() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("agent-kill", WatchOptions::default()).await;
+        let old = b.guest.health.clone();
+        fire_cmd(&b, "kill -KILL $PPID");
+        let (crash, at) = first_crash(&mut b, Duration::from_secs(20)).await;
+        assert_eq!(crash.verdict, "agent_dead");
+        let h = recover(&mut b, crash, at).await;
+        // Init restarted the agent in the same boot: nothing to reset.
+        assert_eq!((h.level, h.fate), (Level::Graceful, Fate::Continue));
+        let now = b.guest.client().health().await.unwrap();
+        assert_eq!(now.boot_id, old.boot_id);
+        assert_ne!(now.agent_pid, old.agent_pid);
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn qemu_killed_is_vmm_death_and_relaunched() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("qemu-kill", WatchOptions::default()).await;
+        let pid = b.guest.vm().unwrap().qemu_pid().unwrap();
+        let killed = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let (crash, at) = first_crash(&mut b, Duration::from_secs(10)).await;
+        assert!(at - killed < Duration::from_secs(1), "{:?}", at - killed);
+        assert_eq!(crash.verdict, "vmm_dead");
+        let h = recover(&mut b, crash, at).await;
+        assert_eq!(actions(&h)[0], "relaunch_vm");
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
     });
 }
