@@ -378,7 +378,10 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 f(r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {F}")
                     .stack(call_trace(&["schedule", "__schedule_bug", "dequeue"])),
                 f(r"BUG: bad unlock balance detected!", "BUG: bad unlock balance in {F}")
-                    .stack(stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])),
+                    .stack(StackFmt {
+                        parts2: parts(&[CALL_TRACE, "PARSE"]),
+                        ..stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])
+                    }),
                 f(r"BUG: held lock freed!", "BUG: held lock freed in {F}")
                     .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
                 f(r"BUG: lock held when returning to user space", "BUG: lock held when returning to user space in {F}")
@@ -439,7 +442,10 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     f(r"WARNING: kernel stack regs at [^\n]* has bad ", "WARNING: kernel stack regs has bad value").no_stack(),
                     f(r"WARNING: kernel stack frame pointer at [0-9a-f]+ in [^ ]* has bad value", "WARNING: kernel stack frame pointer has bad value").no_stack(),
                     f(r"WARNING: bad unlock balance detected!", "WARNING: bad unlock balance in {F}")
-                        .stack(stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])),
+                        .stack(StackFmt {
+                        parts2: parts(&[CALL_TRACE, "PARSE"]),
+                        ..stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])
+                    }),
                     f(r"WARNING: held lock freed!", "WARNING: held lock freed in {F}")
                         .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
                     f(r"WARNING: (?i:nested) lock was not taken", "WARNING: nested lock was not taken in {F}")
