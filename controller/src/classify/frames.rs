@@ -28,7 +28,7 @@ static ARM_FRAME: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Lines that begin a stack trace section of a report.
 pub(crate) static STACK_START: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"Call (?:T|t)race|Backtrace:|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:|Allocated in |Freed in |Last potentially related work creation:|Second to last potentially related work creation:|Stack:\s*$|^\s*(?:allocated|freed) by task [0-9]+|\(in kfence-#[0-9]+\):|Uninit was (?:stored|created)|^\s*Local variable")
+    Regex::new(r"Call (?:T|t)race|Backtrace:|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:|Allocated in |Freed in |Last potentially related work creation:|Second to last potentially related work creation:|Stack:\s*$|^\s*(?:allocated|freed) by task [0-9]+|\(in kfence-#[0-9]+\):|Uninit was (?:stored|created)|^\s*Local variable|BUG: (?:KMSAN|KCSAN|KFENCE): |^\s*backtrace(?: \(crc [0-9a-f]+\))?:")
         .expect("stack start regex")
 });
 
@@ -556,10 +556,9 @@ pub(crate) fn pick(frames: &[String], skip: &[&str], extractor: Extractor) -> Op
             let mut prev: Option<&String> = None;
             for f in frames {
                 if STALL_ANCHORS.is_match(f) {
-                    if let Some(p) = prev {
-                        return Some(p.to_string());
-                    }
-                    continue;
+                    // A stall whose first real frame is a dispatcher (kthread, work
+                    // loop) has no identifiable culprit.
+                    return prev.map(|p| p.to_string());
                 }
                 if !is_skipped(f, skip) {
                     prev = Some(f);

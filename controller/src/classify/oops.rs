@@ -494,7 +494,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
             formats: {
                 let mut v = lockdep_formats("INFO");
                 v.extend([
-                    f(r"INFO: rcu_(?:preempt|sched|bh) (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {F}")
+                    f(r"INFO: rcu_\w+ (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {F}")
                         .alt(&["stall in {F}"])
                         .stack(stall_stack(r"apic_timer_interrupt|Exception stack|el1_irq|el1h_64_irq|sysvec_apic_timer_interrupt|<EOI>|irq_exit|^\s*RIP: 0010:(?:{{PC}} )?([A-Za-z0-9_]+)[.+]|^\s*pc : ([A-Za-z0-9_]+)[.+]|PC is at ([A-Za-z0-9_]+)[.+]")),
                     f(r"INFO: rcu detected stall", "INFO: rcu detected stall in {F}")

@@ -67,7 +67,7 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
             .map(|a| title::normalize(&render(a, &groups, &frame_str)))
             .collect();
         corrupted = format.corrupted || (needs_frame && frame.is_none());
-        if !corrupted && !format.no_stack {
+        if !corrupted {
             corrupted = !has_stack(&texts, format);
         }
         break;
@@ -232,8 +232,8 @@ fn first_stack(texts: &[&str]) -> Vec<Frame> {
     }
 }
 
-/// True when every stack section of the report has frames: a section header with
-/// nothing after it means the report was cut or overwritten.
+/// True when the report's stack dumps are intact: every stack section header needs
+/// frames after it, and report types that carry a trace need a section at all.
 fn has_stack(texts: &[&str], format: &Format) -> bool {
     let mut seen = false;
     for (i, t) in texts.iter().enumerate() {
@@ -246,10 +246,5 @@ fn has_stack(texts: &[&str], format: &Format) -> bool {
         }
         seen = true;
     }
-    // Formats that take their frame from the header line still need some trace.
-    seen || format.stack.is_none()
-        || texts
-            .iter()
-            .skip(1)
-            .any(|t| frames::parse_frame(t).is_some())
+    seen || format.no_stack || format.stack.is_none()
 }
