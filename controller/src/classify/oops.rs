@@ -680,12 +680,11 @@ pub(crate) struct HeaderHit {
 pub(crate) fn match_header(text: &str) -> Option<HeaderHit> {
     let mut best: Option<HeaderHit> = None;
     for (i, o) in OOPSES.iter().enumerate() {
-        // The header must start a word (`ODEBUG:` is not `BUG:`).
-        let Some(pos) = text
-            .match_indices(o.header)
-            .map(|(i, _)| i)
-            .find(|&i| i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric())
-        else {
+        // Short headers must start a word (`ODEBUG:` is not `BUG:`); long ones are
+        // distinctive enough to be found glued to a previous message.
+        let Some(pos) = text.match_indices(o.header).map(|(i, _)| i).find(|&i| {
+            i == 0 || o.header.len() > 12 || !text.as_bytes()[i - 1].is_ascii_alphanumeric()
+        }) else {
             continue;
         };
         if o.suppressions.iter().any(|s| s.is_match(text)) {
