@@ -15,6 +15,9 @@ use crate::transport::{self, Address, TransportError};
 
 /// Default timeout of one unary call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest single connect+Health attempt of [`AgentClient::connect_healthy`]: a
+/// stuck attempt (backend accepted but never answers) must not eat the deadline.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Agent client failures.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +85,10 @@ impl AgentClient {
         let mut delay = Duration::from_millis(50);
         let mut last;
         loop {
-            let left = timeout.saturating_sub(start.elapsed());
+            let left = timeout.saturating_sub(start.elapsed()).min(ATTEMPT_TIMEOUT);
             let attempt = async {
                 let mut client = Self::connect(addr).await?;
-                client.call_timeout = left.clamp(Duration::from_millis(100), DEFAULT_CALL_TIMEOUT);
+                client.call_timeout = left.max(Duration::from_millis(100));
                 let reply = client.health().await?;
                 client.call_timeout = DEFAULT_CALL_TIMEOUT;
                 Ok::<_, ClientError>((client, reply))

@@ -16,6 +16,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Longest hybrid-vsock reply line accepted (`OK 4294967295\n` is 14 bytes).
 const MAX_REPLY_LINE: usize = 64;
+/// How long the backend may take to answer `CONNECT` (it answers at once when the
+/// guest is alive; a stuck backend must not hang the caller).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where an agent listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -229,7 +232,15 @@ pub async fn connect(addr: &Address) -> Result<BoxedStream, TransportError> {
         Address::Unix(path) => Ok(Box::new(connect_unix(path).await?)),
         Address::Hvsock { path, port } => {
             let mut stream = connect_unix(path).await?;
-            let assigned = hybrid_handshake(&mut stream, *port).await?;
+            let assigned =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, hybrid_handshake(&mut stream, *port))
+                    .await
+                    .map_err(|_| TransportError::Io {
+                        what: format!(
+                            "hvsock CONNECT {port}: no reply within {HANDSHAKE_TIMEOUT:?}"
+                        ),
+                        source: io::ErrorKind::TimedOut.into(),
+                    })??;
             tracing::debug!(%addr, assigned, "hybrid vsock connected");
             Ok(Box::new(stream))
         }

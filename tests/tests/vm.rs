@@ -374,3 +374,30 @@ fn accel_probe_result_is_cached_per_kernel() {
         assert!(t.elapsed() < cfg.probe_timeout + Duration::from_secs(10));
     });
 }
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn system_reset_reboots_to_a_new_boot_id_on_the_same_address() {
+    let _one = serial();
+    let m = manifest(None);
+    rt().block_on(async {
+        let (vm, _client, first, _) = boot(&config(&m)).await;
+        let mut guest = vm.guest_events();
+        vm.qmp().system_reset().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), guest.wait_for(|g| g.resets >= 1))
+            .await
+            .expect("RESET event")
+            .unwrap();
+        let t = Instant::now();
+        let (_client, second) = match vm.wait_for_agent(Duration::from_secs(30)).await {
+            Ok(ok) => ok,
+            Err(e) => panic!("{e}\n{}", vm.output_tail(40)),
+        };
+        eprintln!(
+            "agent healthy again {:.2} s after system_reset",
+            t.elapsed().as_secs_f64()
+        );
+        assert_ne!(first.boot_id, second.boot_id, "a new boot");
+        vm.kill();
+    });
+}

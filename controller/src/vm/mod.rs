@@ -130,6 +130,9 @@ pub struct GuestEvents {
     pub stopped: bool,
     /// RESET events seen (guest reboots and system_reset).
     pub resets: u32,
+    /// When the last RESET arrived, as time since QEMU started (comparable with
+    /// [`ConsoleLine::since_start`]).
+    pub last_reset_at: Option<Duration>,
     /// The last event's name.
     pub last: Option<String>,
 }
@@ -401,11 +404,17 @@ impl Vm {
         // Track guest state from QMP events from the first moment on.
         let (tx, rx) = watch::channel(GuestEvents::default());
         let mut events = qmp.subscribe();
+        let started = vm.started;
         vm.guest = rx;
         vm.guest_task = Some(tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(ev) => tx.send_modify(|g| g.record(&ev.name)),
+                    Ok(ev) => tx.send_modify(|g| {
+                        g.record(&ev.name);
+                        if ev.name == "RESET" {
+                            g.last_reset_at = Some(ev.received.saturating_duration_since(started));
+                        }
+                    }),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => break,
                 }
@@ -513,6 +522,13 @@ impl Vm {
         timeout: Duration,
     ) -> Result<(AgentClient, vexfs_proto::HealthReply), VmError> {
         let addr = self.agent_addr.clone().ok_or(VmError::NoVsock)?;
+        let start = Instant::now();
+        self.until_exit(
+            "waiting for the guest's vsock after a reset",
+            self.await_vsock_after_reset(timeout),
+        )
+        .await?;
+        let timeout = timeout.saturating_sub(start.elapsed());
         let mut guest = self.guest.clone();
         let healthy = AgentClient::connect_healthy(&addr, timeout);
         let panicked = guest.wait_for(|g| g.panicked);
@@ -541,6 +557,36 @@ impl Vm {
                     during: "waiting for the agent",
                     tail: self.output_tail(30),
                 })
+            }
+        }
+    }
+
+    /// vhost-device-vsock 0.3 keeps its virtqueue state across a guest reset: a
+    /// hybrid connection attempted after the reset but before the new kernel has set
+    /// up its vsock queues hangs, and so does every later one (measured). So after a
+    /// RESET, wait for the new kernel's vsock (the agent's "listening on vsock" line,
+    /// or the PF_VSOCK registration plus a second) before the first connect.
+    async fn await_vsock_after_reset(&self, timeout: Duration) {
+        if self.daemon.is_none() {
+            return;
+        }
+        let Some(reset_at) = self.guest.borrow().last_reset_at else {
+            return;
+        };
+        let line = self
+            .console
+            .wait_for(timeout, |l| {
+                l.source == Source::Serial
+                    && l.since_start >= reset_at
+                    && (l.text.contains("listening on vsock")
+                        || l.text.contains("Registered PF_VSOCK"))
+            })
+            .await;
+        match line {
+            Some(l) if l.text.contains("listening on vsock") => {}
+            Some(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            None => {
+                tracing::warn!("no vsock marker on the console after the reset; connecting anyway")
             }
         }
     }
