@@ -1,6 +1,17 @@
 //! Throw-away QEMU guests: configuration, launch (QEMU and the vsock daemon each in
 //! its own process group), serial console capture, QMP, the KVM probe, and waiting
 //! for the agent. Dropping a [`Vm`] kills everything it started.
+//!
+//! Lifecycle: [`Vm::launch`] (accelerator from the config, `$VEXFS_ACCEL`, or the
+//! cached KVM probe) -> [`Vm::wait_for_agent`] -> use the [`AgentClient`], watch
+//! [`Vm::exit_watch`] (QEMU gone, noticed in ~10 ms) and [`Vm::guest_events`] (QMP:
+//! panicked, resets) -> [`Vm::shutdown`] or [`Vm::kill`] or drop.
+//!
+//! Measured caveats of vhost-device-vsock 0.3 (the backend on hosts without
+//! /dev/vhost-vsock): a stream open across a guest reset never ends (no reset
+//! reaches the host side), so watch `guest_events().resets` or heartbeats; and a
+//! connection made between the reset and the new kernel's vsock setup hangs the
+//! backend, which is why `wait_for_agent` waits for the vsock marker after a reset.
 
 pub mod console;
 pub mod image;
