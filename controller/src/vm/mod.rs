@@ -255,12 +255,37 @@ fn cmdline_port(cmdline: &str) -> Option<u32> {
         .and_then(|p| p.parse().ok())
 }
 
+/// Removes run dirs (`vexfs-vm-<pid>-...`) left by controllers that died without
+/// cleaning up (SIGKILL): their pid no longer exists. Their QEMUs died with them
+/// (PDEATHSIG), so only files remain.
+fn remove_stale_run_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vexfs-vm-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::debug!(dir = %entry.path().display(), "removing stale run dir");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn unique_run_dir(parent: &Path) -> Result<PathBuf, VmError> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     std::fs::create_dir_all(parent).map_err(|source| VmError::Io {
         what: format!("create {}", parent.display()),
         source,
     })?;
+    remove_stale_run_dirs(parent);
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -787,6 +812,23 @@ pub async fn probe_kvm(cfg: &VmConfig) -> Accel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_run_dirs_of_dead_controllers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this pid cannot exist.
+        let stale = dir.path().join("vexfs-vm-99999999-0-abc");
+        let mine = dir
+            .path()
+            .join(format!("vexfs-vm-{}-0-abc", std::process::id()));
+        let other = dir.path().join("unrelated-99999999");
+        for d in [&stale, &mine, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let fresh = unique_run_dir(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(mine.exists() && other.exists() && fresh.exists());
+    }
 
     #[test]
     fn guest_events_fold() {
