@@ -260,6 +260,16 @@ pub struct Store {
     conn: Connection,
 }
 
+/// The default crash database: `$XDG_DATA_HOME/vexfs/crashes.db` (else
+/// `~/.local/share/vexfs/crashes.db`).
+pub fn default_path() -> std::path::PathBuf {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    data.join("vexfs").join("crashes.db")
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

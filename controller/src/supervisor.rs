@@ -24,7 +24,7 @@ use crate::vm::console::Source;
 
 /// How long a classifier may hold an open report with no new input before the watcher
 /// looks at it anyway: after a panic or hang the console goes quiet mid-report.
-const IDLE_FLUSH: Duration = Duration::from_millis(1500);
+const IDLE_FLUSH: Duration = Duration::from_millis(400);
 /// How often verdicts are re-judged.
 const JUDGE_EVERY: Duration = Duration::from_millis(200);
 /// Console lines kept for crash excerpts.

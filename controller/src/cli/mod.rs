@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod agent;
 pub mod classify;
+pub mod crashes;
 pub mod vm;
 
 /// Exit code: everything as expected.
@@ -38,6 +39,8 @@ pub enum Command {
     Vm(vm::VmArgs),
     /// Drive a running guest agent.
     Agent(agent::AgentArgs),
+    /// Read the crash database: list, show, stats.
+    Crashes(crashes::CrashesArgs),
 }
 
 /// Parses arguments, runs the subcommand and maps its result to an exit code.
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Crashes(args) => crashes::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

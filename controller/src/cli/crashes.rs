@@ -1,0 +1,260 @@
+//! `vexctl crashes list|show|stats`: read the crash database.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::store::{self, Store};
+
+use super::EXIT_OK;
+
+/// Arguments of `vexctl crashes`.
+#[derive(Debug, Args)]
+pub struct CrashesArgs {
+    /// Crash database (default: $VEXFS_DB, else ~/.local/share/vexfs/crashes.db).
+    #[arg(long, global = true)]
+    pub db: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to show.
+    #[command(subcommand)]
+    pub command: CrashesCommand,
+}
+
+/// `vexctl crashes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CrashesCommand {
+    /// Recorded crashes, newest first.
+    List {
+        /// Only this run's crashes.
+        #[arg(long)]
+        run: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One crash with its report, forensics and recovery attempts.
+    Show {
+        /// Crash id.
+        id: i64,
+    },
+    /// Buckets and the recovery metrics against the design's targets.
+    Stats {
+        /// Only this run.
+        #[arg(long)]
+        run: Option<i64>,
+    },
+}
+
+/// The crash database path: --db, else $VEXFS_DB, else the user data dir.
+pub fn db_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("VEXFS_DB").map(PathBuf::from))
+        .unwrap_or_else(store::default_path)
+}
+
+fn time(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (d, r) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = d + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        r / 3600,
+        r % 3600 / 60,
+        r % 60
+    )
+}
+
+/// Runs `vexctl crashes`.
+pub fn run(args: CrashesArgs) -> anyhow::Result<u8> {
+    let path = db_path(args.db);
+    if !path.exists() {
+        anyhow::bail!(
+            "no crash database at {} (run `vexctl run` first, or pass --db)",
+            path.display()
+        );
+    }
+    let store = Store::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        CrashesCommand::List { run, limit } => {
+            let crashes = store.crashes(run, limit)?;
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&json!({ "crashes": crashes }))?
+                )?;
+            } else if crashes.is_empty() {
+                writeln!(out, "no crashes recorded")?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>5}  {:19}  {:17}  {:8}  {:22}  TITLE",
+                    "ID", "DETECTED (UTC)", "CATEGORY", "SEVERITY", "KERNEL"
+                )?;
+                for c in &crashes {
+                    writeln!(
+                        out,
+                        "{:>5}  {:19}  {:17}  {:8}  {:22}  {}",
+                        c.id,
+                        time(c.crash.detected_at_ms),
+                        c.crash.category,
+                        c.crash.severity,
+                        c.crash.kernel,
+                        c.crash.title
+                    )?;
+                }
+            }
+        }
+        CrashesCommand::Show { id } => {
+            let c = store.crash(id)?;
+            let attempts = store.attempts(id)?;
+            if args.json {
+                let v = json!({ "crash": c, "attempts": attempts });
+                writeln!(out, "{}", serde_json::to_string(&v)?)?;
+            } else {
+                let k = &c.crash;
+                writeln!(out, "crash {}: {}", c.id, k.title)?;
+                writeln!(
+                    out,
+                    "category {}, severity {}, recovery {}, verdict {}{}",
+                    k.category,
+                    k.severity,
+                    k.recovery,
+                    k.verdict,
+                    if k.corrupted {
+                        ", report corrupted"
+                    } else {
+                        ""
+                    }
+                )?;
+                writeln!(
+                    out,
+                    "kernel {}, module {}, test {}, detected {} UTC, bucket {}",
+                    k.kernel,
+                    k.module,
+                    k.test_name,
+                    time(k.detected_at_ms),
+                    c.bucket_id
+                )?;
+                writeln!(out, "\n--- report ---\n{}", k.report)?;
+                if !k.forensics.is_empty() {
+                    writeln!(out, "\n--- forensics ---\n{}", k.forensics)?;
+                }
+                writeln!(out, "\n--- recovery ---")?;
+                for a in &attempts {
+                    writeln!(
+                        out,
+                        "level {} {:24} {:>8} ms  {}{}",
+                        a.level,
+                        a.action,
+                        a.duration_ms,
+                        a.outcome,
+                        if a.fate.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" -> {}", a.fate)
+                        }
+                    )?;
+                }
+            }
+        }
+        CrashesCommand::Stats { run } => {
+            let s = store.stats(run)?;
+            let buckets = store.buckets()?;
+            let targets = [
+                (
+                    "recovery success rate",
+                    s.recovery_success_rate >= 0.95,
+                    format!("{:.1}%", s.recovery_success_rate * 100.0),
+                    "> 95%",
+                ),
+                (
+                    "mean recovery time",
+                    s.mean_recovery_ms < 30_000.0,
+                    format!("{:.1} s", s.mean_recovery_ms / 1000.0),
+                    "< 30 s",
+                ),
+                (
+                    "p95 recovery time",
+                    s.p95_recovery_ms < 30_000.0,
+                    format!("{:.1} s", s.p95_recovery_ms / 1000.0),
+                    "< 30 s",
+                ),
+                (
+                    "data integrity",
+                    s.data_integrity >= 1.0,
+                    format!("{:.1}%", s.data_integrity * 100.0),
+                    "100%",
+                ),
+                (
+                    "test continuity",
+                    s.test_continuity >= 0.9,
+                    format!("{:.1}%", s.test_continuity * 100.0),
+                    "> 90%",
+                ),
+            ];
+            if args.json {
+                let t: Vec<_> = targets
+                    .iter()
+                    .map(|(n, ok, v, t)| json!({"metric": n, "value": v, "target": t, "met": ok}))
+                    .collect();
+                let v = json!({ "stats": s, "targets": t, "buckets": buckets });
+                writeln!(out, "{}", serde_json::to_string(&v)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} crashes in {} buckets; {} recoveries, {} succeeded",
+                    s.crashes, s.buckets, s.recoveries, s.recovered
+                )?;
+                for (name, ok, value, target) in &targets {
+                    let mark = if *ok { "ok  " } else { "MISS" };
+                    writeln!(out, "  {mark} {name:24} {value:>9}  (target {target})")?;
+                }
+                if !buckets.is_empty() {
+                    writeln!(
+                        out,
+                        "\n{:>6}  {:17}  {:30}  TITLE",
+                        "COUNT", "CATEGORY", "KERNELS"
+                    )?;
+                    for b in &buckets {
+                        writeln!(
+                            out,
+                            "{:>6}  {:17}  {:30}  {}",
+                            b.count,
+                            b.category,
+                            b.kernels.join(","),
+                            b.title
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time() {
+        assert_eq!(time(0), "1970-01-01 00:00:00");
+        assert_eq!(time(1_796_083_200_000), "2026-12-01 00:00:00");
+        assert_eq!(time(951_782_400_000 + 3_661_000), "2000-02-29 01:01:01");
+    }
+}
