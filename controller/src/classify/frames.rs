@@ -275,6 +275,8 @@ pub(crate) static SKIP: LazyLock<RegexSet> = LazyLock::new(|| {
         "^rcu_lock_acquire",
         "^rcu_lock_release",
         "^ktime_get",
+        "add_uevent_var",
+        "v4l2_device_release",
         "^do_tag_check_fault",
         "^do_mem_abort",
         "^el1_abort",

@@ -68,7 +68,8 @@ pub(crate) fn re(s: &str) -> Regex {
 
 fn f(title: &str, fmt: &'static str) -> Format {
     Format {
-        title: re(title),
+        // Titles start at the header, which starts the report text.
+        title: re(&format!(r"\A(?:{title})")),
         report: None,
         fmt,
         alt: &[],

@@ -20,6 +20,9 @@ static DAMAGED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"printk messages dropped|\*\* [0-9]+ messages dropped").expect("damaged regex")
 });
 
+/// Lines of a report that title patterns look at.
+const TITLE_LINES: usize = 300;
+
 /// Builds the report for `lines` (the first holding the header at `hit.offset`).
 pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashReport {
     let oops = &OOPSES[hit.oops];
@@ -27,7 +30,9 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
     let mut texts: Vec<&str> = Vec::with_capacity(lines.len());
     texts.push(head);
     texts.extend(lines[1..].iter().map(|l| l.text.as_str()));
-    let joined = texts.join("\n");
+    // Titles come from the first lines; bounding the text keeps multi-line title
+    // patterns cheap on huge reports.
+    let joined = texts[..texts.len().min(TITLE_LINES)].join("\n");
 
     let mut title = None;
     let mut alt_titles = Vec::new();
