@@ -12,3 +12,4 @@ pub mod transport;
 pub mod trend;
 pub mod verdict;
 pub mod vm;
+pub mod results;
