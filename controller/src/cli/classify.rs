@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::json;
+use serde::Serialize;
 
 use super::{EXIT_FAILURES, EXIT_OK};
 use crate::classify::{Classifier, CrashReport};
@@ -33,7 +33,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<u8> {
     };
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", to_json(&reports))?;
+        writeln!(out, "{}", serde_json::to_string(&to_json(&reports))?)?;
     } else {
         let color = std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
         print_human(&mut out, &reports, color)?;
@@ -61,18 +61,38 @@ fn read_stream(mut r: impl Read) -> anyhow::Result<Vec<CrashReport>> {
     Ok(reports)
 }
 
-/// The `--json` document: the primary (first) crash's fields plus all reports.
-pub fn to_json(reports: &[CrashReport]) -> serde_json::Value {
+/// The `--json` document: the primary (first) crash's fields plus all reports, in
+/// this field order.
+#[derive(Debug, Serialize)]
+pub struct JsonOut<'a> {
+    /// Whether any crash was found.
+    pub crash: bool,
+    /// Category of the first crash, `none` without one.
+    pub category: &'a str,
+    /// Title of the first crash, empty without one.
+    pub title: &'a str,
+    /// Whether the first crash's report is corrupted.
+    pub corrupted: bool,
+    /// Severity of the first crash, `none` without one.
+    pub severity: &'a str,
+    /// Recovery for the first crash, `none` without one.
+    pub recovery: &'a str,
+    /// All reports, in log order.
+    pub crashes: &'a [CrashReport],
+}
+
+/// Builds the `--json` document for `reports`.
+pub fn to_json(reports: &[CrashReport]) -> JsonOut<'_> {
     let first = reports.first();
-    json!({
-        "crash": first.is_some(),
-        "category": first.map_or("none", |r| r.category.as_str()),
-        "title": first.map_or("", |r| r.title.as_str()),
-        "corrupted": first.is_some_and(|r| r.corrupted),
-        "severity": first.map_or("none", |r| r.severity.as_str()),
-        "recovery": first.map_or("none", |r| r.recovery.as_str()),
-        "crashes": reports,
-    })
+    JsonOut {
+        crash: first.is_some(),
+        category: first.map_or("none", |r| r.category.as_str()),
+        title: first.map_or("", |r| r.title.as_str()),
+        corrupted: first.is_some_and(|r| r.corrupted),
+        severity: first.map_or("none", |r| r.severity.as_str()),
+        recovery: first.map_or("none", |r| r.recovery.as_str()),
+        crashes: reports,
+    }
 }
 
 fn print_human(out: &mut impl Write, reports: &[CrashReport], color: bool) -> std::io::Result<()> {
@@ -120,7 +140,7 @@ mod tests {
 
     #[test]
     fn json_without_crash() {
-        let v = to_json(&[]);
+        let v = serde_json::to_value(to_json(&[])).expect("json");
         assert_eq!(v["crash"], false);
         assert_eq!(v["category"], "none");
         assert_eq!(v["title"], "");
@@ -130,7 +150,10 @@ mod tests {
     #[test]
     fn json_with_crash() {
         let log = b"[    1.0] WARNING: CPU: 0 PID: 1 at fs/vexfs/super.c:10 vexfs_fill_super+0x1/0x2 [vexfs]\n[    1.0] RIP: 0010:vexfs_fill_super+0x1/0x2 [vexfs]\n[    1.0] Call Trace:\n[    1.0]  mount_bdev+0x1/0x2\n";
-        let v = to_json(&crate::classify::classify(log));
+        let reports = crate::classify::classify(log);
+        let text = serde_json::to_string(&to_json(&reports)).expect("json");
+        assert!(text.starts_with(r#"{"crash":true,"category":"warning","title":"#));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("parse");
         assert_eq!(v["crash"], true);
         assert_eq!(v["category"], "warning");
         assert_eq!(v["title"], "WARNING in vexfs_fill_super");
