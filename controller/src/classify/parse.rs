@@ -237,16 +237,27 @@ fn first_stack(texts: &[&str]) -> Vec<Frame> {
     }
 }
 
-/// True when the report's stack dumps are intact: every stack section header needs
-/// frames after it, and report types that carry a trace need a section at all.
+/// True when the report's stack dumps are intact. A stack section header as the
+/// last line means the report was cut; report types that carry a trace need a
+/// section, and each section needs a frame among its next lines (unreliable `?`
+/// frames are not counted as lines).
 fn has_stack(texts: &[&str], format: &Format) -> bool {
     let mut seen = false;
     for (i, t) in texts.iter().enumerate() {
         if !STACK_START.is_match(t) {
             continue;
         }
-        let window = &texts[i + 1..texts.len().min(i + 16)];
-        if !window.iter().any(|w| frames::parse_frame(w).is_some()) {
+        if texts[i + 1..].iter().all(|w| w.trim().is_empty()) {
+            return false;
+        }
+        if format.no_stack {
+            continue;
+        }
+        let mut window = texts[i + 1..]
+            .iter()
+            .filter(|w| !w.trim_start().starts_with("? "))
+            .take(15);
+        if !window.any(|w| frames::parse_frame(w).is_some()) {
             return false;
         }
         seen = true;
