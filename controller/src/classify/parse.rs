@@ -20,6 +20,26 @@ static DAMAGED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"printk messages dropped|\*\* [0-9]+ messages dropped").expect("damaged regex")
 });
 
+/// `CPU: n PID: m` lines naming two different tasks: without printk caller ids,
+/// two CPUs' reports are interleaved and no title is reliable.
+fn mixed_tasks(texts: &[&str]) -> bool {
+    static CPU_PID: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^CPU: [0-9]+ (?:UID: [0-9]+ )?PID: ([0-9]+) ").expect("cpu regex")
+    });
+    let mut first: Option<&str> = None;
+    for t in texts {
+        if let Some(c) = CPU_PID.captures(t) {
+            let pid = c.get(1).map_or("", |m| m.as_str());
+            match first {
+                None => first = Some(pid),
+                Some(p) if p != pid => return true,
+                Some(_) => {}
+            }
+        }
+    }
+    false
+}
+
 /// Lines of a report that title patterns look at.
 const TITLE_LINES: usize = 300;
 
@@ -38,6 +58,8 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
     let mut alt_titles = Vec::new();
     let mut corrupted = false;
     let mut stack_frames: Vec<Frame> = Vec::new();
+    // Stall and hang reports legitimately dump other CPUs and tasks.
+    let mut dumps_other_cpus = false;
     for format in &oops.formats {
         let Some(caps) = format.title.captures(&joined) else {
             continue;
@@ -55,6 +77,12 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
                     .map_or(String::new(), |g| g.as_str().to_string())
             })
             .collect();
+        dumps_other_cpus = format.stack.as_ref().is_some_and(|sf| {
+            matches!(
+                sf.extractor,
+                frames::Extractor::Stall | frames::Extractor::Hung
+            )
+        });
         let frame = match &format.stack {
             Some(sf) => {
                 let (frame, cands) = extract(&texts, sf);
@@ -78,7 +106,7 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
         break;
     }
     let title = title.unwrap_or_else(|| title::normalize(head));
-    if DAMAGED.is_match(&joined) {
+    if DAMAGED.is_match(&joined) || (!dumps_other_cpus && mixed_tasks(&texts)) {
         corrupted = true;
     }
     if stack_frames.is_empty() {
