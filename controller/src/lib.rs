@@ -13,3 +13,4 @@ pub mod trend;
 pub mod verdict;
 pub mod vm;
 pub mod results;
+pub mod plan;
