@@ -265,9 +265,9 @@ fn attached(p: &Pending, hit: HeaderHit) -> bool {
     }
 }
 
-/// True while the report's last line is a stack frame.
+/// True while the report's last line (after the header) is a stack frame.
 fn in_trace(p: &Pending) -> bool {
-    p.lines
+    p.lines[1..]
         .iter()
         .rev()
         .find(|l| !l.text.trim().is_empty())

@@ -316,7 +316,8 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         skip: kasan_skip,
                         extractor: Extractor::First,
                     }),
-                f(r"BUG: KASAN: ([a-z\-]+) (?:on address|in) {{FUNC}}?[^\n]*\n(?:.*\n)*?.*(Read|Write) of size ([0-9]+)", "KASAN: {1} {2} of size {3}")
+                f(r"BUG: KASAN: ([a-z\-]+) on address(?:.*\n)+?.*(Read|Write) of size ([0-9]+)",
+                    "KASAN: {1} {2}")
                     .no_stack(),
                 f(r"BUG: KASAN: double-free or invalid-free in {{FUNC}}", "KASAN: invalid-free in {F}")
                     .alt(&["bad-access in {F}"])
