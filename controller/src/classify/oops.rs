@@ -152,10 +152,16 @@ fn warning_stack(skip: &'static [&'static str]) -> StackFmt {
 }
 
 /// Stalls: frames of the interrupted context, anchored on dispatch functions.
+/// Where the interrupted context starts in a stall dump.
+const STALL_IRQ: &str =
+    r"apic_timer_interrupt|Exception stack|el1_irq|el1h_64_irq|sysvec_apic_timer_interrupt";
+const STALL_FALLBACK: &str = r"^\s*RIP: 0010:(?:{{PC}} )?([A-Za-z0-9_]+)[.+]|^\s*pc : ([A-Za-z0-9_]+)[.+]|PC is at ([A-Za-z0-9_]+)[.+]|Call (?:T|t)race:|Backtrace:";
+
 fn stall_stack(first: &str) -> StackFmt {
     StackFmt {
         parts: parts(&[first, "PARSE"]),
-        parts2: parts(&[CALL_TRACE, "PARSE"]),
+        // No interrupt frame: the interrupted context's RIP, else the call trace.
+        parts2: parts(&[STALL_FALLBACK, "PARSE"]),
         skip: &[
             "apic_timer_interrupt",
             "rcu",
@@ -498,10 +504,10 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 v.extend([
                     f(r"INFO: rcu_\w+ (?:self-)?detected(?: expedited)? stall", "INFO: rcu detected stall in {F}")
                         .alt(&["stall in {F}"])
-                        .stack(stall_stack(r"apic_timer_interrupt|Exception stack|el1_irq|el1h_64_irq|sysvec_apic_timer_interrupt|<EOI>|irq_exit|^\s*RIP: 0010:(?:{{PC}} )?([A-Za-z0-9_]+)[.+]|^\s*pc : ([A-Za-z0-9_]+)[.+]|PC is at ([A-Za-z0-9_]+)[.+]")),
+                        .stack(stall_stack(STALL_IRQ)),
                     f(r"INFO: rcu detected stall", "INFO: rcu detected stall in {F}")
                         .alt(&["stall in {F}"])
-                        .stack(stall_stack(r"apic_timer_interrupt|Exception stack|el1_irq|sysvec_apic_timer_interrupt|<EOI>")),
+                        .stack(stall_stack(STALL_IRQ)),
                     f(r"INFO: task [^\n]* blocked for more than [0-9]+ seconds", "INFO: task hung in {F}")
                         .alt(&["hang in {F}"])
                         .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(HUNG_SKIP) }),
