@@ -233,7 +233,7 @@ fn lockdep_formats(h: &str) -> Vec<Format> {
         f(&format!("{h}: possible irq lock inversion dependency detected"), "possible deadlock in {F}")
             .stack(lockdep_at()),
         f(&format!("{h}: inconsistent lock state"), "inconsistent lock state in {F}")
-            .stack(stack(&["takes:", "at: (?:{{PC}} +)?{{FUNC}}", "PARSE"], LOCK_SKIP)),
+            .stack(stack(&["takes:", "at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], LOCK_SKIP)),
         f(&format!("{h}: suspicious RCU usage"), if h == "WARNING" { "WARNING: suspicious RCU usage in {F}" } else { "INFO: suspicious RCU usage in {F}" })
             .stack(call_trace(&["rcu", "kmem", "slab", "lockdep"])),
     ]
