@@ -8,6 +8,8 @@
 
 #[path = "vm/recovery.rs"]
 mod recovery;
+#[path = "vm/runner.rs"]
+mod runner;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -389,9 +391,14 @@ fn system_reset_reboots_to_a_new_boot_id_on_the_same_address() {
             .expect("RESET event")
             .unwrap();
         let t = Instant::now();
-        let (_client, second) = match vm.wait_for_agent(Duration::from_secs(30)).await {
+        // A reboot under load (other guests, builds) took up to 15 s here.
+        let (_client, second) = match vm.wait_for_agent(AGENT_TIMEOUT).await {
             Ok(ok) => ok,
-            Err(e) => panic!("{e}\n{}", vm.output_tail(40)),
+            Err(e) => panic!(
+                "{e}\n{}\ndaemon log:\n{}",
+                vm.output_tail(60),
+                std::fs::read_to_string(vm.run_dir().join("vsock-daemon.log")).unwrap_or_default()
+            ),
         };
         eprintln!(
             "agent healthy again {:.2} s after system_reset",
