@@ -410,6 +410,10 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 f(r"BUG: corrupted list in {{FUNC}}", "BUG: corrupted list in {F}")
                     .stack(stack(&[r"BUG: corrupted list in {{FUNC}}", CALL_TRACE, "PARSE"], &["list_"])),
                 f(r"BUG: (MAX_[A-Z_]+ too low!)", "BUG: {1}").no_stack(),
+                f(r"BUG: Invalid wait context", "BUG: Invalid wait context in {F}")
+                    .stack(call_trace(&["lock", "schedule", "might_sleep"])),
+                f(r"BUG: rwlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)", "BUG: rwlock {1} in {F}")
+                    .stack(call_trace(&["_lock", "_unlock", "_raw_"])),
                 f(r"BUG: (non-zero (?:nr_ptes|pgtables_bytes|nr_pmds) on freeing mm)", "BUG: {1}").no_stack(),
                 f(r"BUG: (Bad rss-counter state)", "BUG: {1}").no_stack(),
                 f(r"BUG: ([a-zA-Z0-9_]+ [^\n]*?) in {{FUNC}}", "BUG: {1} in {F}")
@@ -600,6 +604,20 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
             header: "BUG kmalloc-",
             formats: vec![f(r"BUG kmalloc-[0-9]+ \([^)]*\): ([^\n]*?)\s*$", "BUG: {1}").no_stack().corrupted()],
             suppressions: Vec::new(),
+        },
+        Oops {
+            header: "Watchdog detected hard LOCKUP",
+            formats: vec![f(r"Watchdog detected hard LOCKUP", "BUG: hard lockup in {F}")
+                .alt(&["stall in {F}"])
+                .stack(StackFmt { parts: parts(&[RIP, "PARSE"]), ..stall_stack(CALL_TRACE) })],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            // kmemleak's own dmesg summary (the details are in debugfs).
+            header: "kmemleak: ",
+            formats: vec![f(r"kmemleak: [0-9]+ new suspected memory leaks", "memory leak: new suspected leaks reported by kmemleak").no_stack()],
+            // Other kmemleak messages (start-up, scan thread) are not leaks.
+            suppressions: vec![re(r"kmemleak: [^0-9]")],
         },
         Oops {
             header: "Booting the kernel.",

@@ -279,6 +279,17 @@ fn kmsg_and_caller_ids() {
 }
 
 #[test]
+fn leaks_lockups_and_lockdep() {
+    let r = classify(b"[ 1.0] kmemleak: Kernel memory leak detector initialized\n[ 9.0] kmemleak: 3 new suspected memory leaks (see /sys/kernel/debug/kmemleak)\n");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].category, Category::ResourceLeak);
+    assert_eq!(r[0].recovery, Recovery::ResourceCleanup);
+    let r = classify(b"NMI watchdog: Watchdog detected hard LOCKUP on cpu 1\nRIP: 0010:vexfs_spin+0x1/0x2 [vexfs]\nCall Trace:\n <TASK>\n vexfs_write+0x1/0x2 [vexfs]\n vfs_write+0x1/0x2\n");
+    assert_eq!(r[0].title, "BUG: hard lockup in vexfs_spin");
+    assert_eq!(r[0].category, Category::Deadlock);
+}
+
+#[test]
 fn no_crash_and_garbage() {
     assert!(classify(b"").is_empty());
     assert!(classify(b"hello\r\nworld\n\xff\xfe\n").is_empty());

@@ -74,6 +74,7 @@ pub(crate) fn category(title: &str) -> Category {
         return Other;
     }
     if starts("memory leak")
+        || has("kmemleak")
         || starts("unregister_netdevice: waiting for")
         || has("Busy inodes")
         || has("Dentry still")
@@ -110,6 +111,9 @@ pub(crate) fn category(title: &str) -> Category {
     if has("task hung")
         || has("can't die")
         || has("soft lockup")
+        || has("hard lockup")
+        || has("Invalid wait context")
+        || has("rwlock")
         || has("workqueue lockup")
         || has("deadlock")
         || has("inconsistent lock state")
