@@ -356,3 +356,40 @@ proptest! {
         prop_assert_eq!(chunked(&log, &cuts), classify(&log));
     }
 }
+
+/// Chunked feeding equals whole-log classification on the syzkaller corpus too
+/// (skipped when the shared data directory is not beside the checkout).
+#[test]
+fn incremental_on_corpus() {
+    use base64::Engine;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/crash-corpus/syzkaller-dev.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("skipping: {} not found", path.display());
+        return;
+    };
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).expect("corpus json");
+        let log: Vec<u8> = match row["log_b64"].as_str() {
+            Some(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .expect("base64"),
+            None => row["log"].as_str().unwrap_or_default().as_bytes().to_vec(),
+        };
+        let cuts: Vec<usize> = (0..log.len() / 64 + 1)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % 200) as usize
+            })
+            .collect();
+        assert_eq!(
+            chunked(&log, &cuts),
+            classify(&log),
+            "corpus log {}",
+            row["id"]
+        );
+    }
+}
