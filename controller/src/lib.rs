@@ -14,3 +14,4 @@ pub mod verdict;
 pub mod vm;
 pub mod results;
 pub mod plan;
+pub mod runner;
