@@ -199,7 +199,6 @@ const LOCK_SKIP: &[&str] = &[
     "process_one_work",
     "worker_thread",
 ];
-const HUNG_SKIP: &[&str] = &[];
 
 /// Lockdep reports name the lock acquisition site (`at: func`).
 fn lockdep_at() -> StackFmt {
@@ -498,6 +497,9 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 re(r"EXT4-[Ff][Ss](?: \(.*\))?:"),
                 re(r"(?i)warning: .* uses (?:deprecated v2 capabilities|wireless extensions)"),
                 re(r"XFS \(\w+\): WARNING"),
+                // Subsystem notices (`RETBleed: WARNING: ...`); kernel WARNINGs
+                // start the message.
+                re(r"^[A-Za-z0-9_ ]+: WARNING: "),
                 re(r"WARNING: CPU: [0-9]+ PID: [0-9]+ at [^ ]*net/wireless"),
             ],
         },
@@ -514,9 +516,9 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         .stack(stall_stack(STALL_IRQ)),
                     f(r"INFO: task [^\n]* blocked for more than [0-9]+ seconds", "INFO: task hung in {F}")
                         .alt(&["hang in {F}"])
-                        .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(HUNG_SKIP) }),
+                        .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(&[]) }),
                     f(r"INFO: task [^\n]* can't die for more than [0-9]+ seconds", "INFO: task can't die in {F}")
-                        .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(HUNG_SKIP) }),
+                        .stack(StackFmt { extractor: Extractor::Hung, ..call_trace(&[]) }),
                     f(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {F}")
                         .stack(call_trace(&["stack", "lock", "IRQ", "register_lock_class"])),
                     f(r"INFO: rcu_(?:preempt|sched|bh) detected stalls", "INFO: rcu detected stall in {F}")

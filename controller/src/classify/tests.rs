@@ -293,6 +293,16 @@ fn leaks_lockups_and_lockdep() {
 fn no_crash_and_garbage() {
     assert!(classify(b"").is_empty());
     assert!(classify(b"hello\r\nworld\n\xff\xfe\n").is_empty());
+    // Boot-time notices that merely contain header words.
+    let benign = b"[    0.1] RETBleed: WARNING: Spectre v2 mitigation leaves CPU vulnerable to RETBleed attacks, data leaks possible!\n\
+        [    0.2] [Firmware Bug]: TSC_DEADLINE disabled due to Errata\n\
+        [    0.3] INFO: lockdep is turned off.\n\
+        [    0.4] kmemleak: Kernel memory leak detector initialized (mem pool available: 15000)\n";
+    assert!(
+        classify(benign).is_empty(),
+        "{:?}",
+        classify(benign).first().map(|r| r.title.clone())
+    );
     // `BUG:` inside another word is not a header.
     assert!(classify(b"ODEBUG: something odd\nFEAS: WARNING count 0\n").is_empty());
 }
