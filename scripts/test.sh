@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "unit, property and integration tests"
 cargo test --workspace
 
+# The VM tests drive the vexctl binary too (controller killed and resumed).
+cargo build -p vexfs-controller --bin vexctl
+
 step "VM end-to-end tests (real QEMU, real Debian kernels, vsock through vhost-device-vsock)"
 # At most two guests at a time: each costs about a core while it boots.
 cargo test -p vexfs-tests --test vm -- --ignored --test-threads=2

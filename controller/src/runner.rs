@@ -339,6 +339,15 @@ async fn run_kernel(
             boot.elapsed().as_secs_f64()
         ),
     );
+    // The module under test is loaded on every boot, as the ladder does after a
+    // restart, so a resumed run starts where the killed one stood.
+    match guest.load_module().await {
+        Ok(crate::recovery::Outcome::Succeeded) => {}
+        other => say(
+            progress,
+            &format!("{tag} loading {} failed: {other:?}", plan.module.name),
+        ),
+    }
     let mut crash_counts: HashMap<String, u32> = HashMap::new();
     let mut aborted: Option<String> = None;
     let total = tests.len();

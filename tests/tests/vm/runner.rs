@@ -109,3 +109,109 @@ fn plan_with_failures_hangs_and_crashes_runs_to_the_end() {
         let _ = Duration::ZERO;
     });
 }
+
+const RESUME_PLAN: &str = r#"
+name = "resume-e2e"
+kernels = ["latest-6.12"]
+
+[[test]]
+name = "first"
+timeout_s = 60
+steps = ["load", { exec = { cmd = "true" } }]
+
+[[test]]
+name = "crash"
+timeout_s = 60
+expect_crash = "NULL pointer dereference in vexfs_fault_null"
+steps = [{ trigger = "null" }]
+
+[[test]]
+name = "slow"
+timeout_s = 60
+steps = [{ exec = { cmd = "sleep 8" } }]
+
+[[test]]
+name = "last"
+timeout_s = 60
+steps = [{ mount = { target = "/mnt/z" } }, { unmount = "/mnt/z" }]
+"#;
+
+/// The vexctl binary next to this test's executable (built by scripts/test.sh).
+fn vexctl() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("vexctl");
+    assert!(
+        bin.exists(),
+        "{} missing: build it with `cargo build -p vexfs-controller --bin vexctl`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn controller_killed_mid_run_resumes_and_loses_no_crash() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crashes.db");
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, RESUME_PLAN).unwrap();
+    let mut first = std::process::Command::new(vexctl())
+        .args(["run", "--quiet", "--plan"])
+        .arg(&plan)
+        .arg("--db")
+        .arg(&db)
+        .spawn()
+        .unwrap();
+    // Wait until the crash is recorded and the slow test is running, then SIGKILL.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let crashes_before = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the slow test"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "vexctl ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(store) = Store::open(&db) else {
+            continue;
+        };
+        let Ok(tests) = store.tests(1) else { continue };
+        if tests.iter().any(|t| t.2 == "slow" && t.3 == "running") {
+            break store.crashes(Some(1), 100).unwrap();
+        }
+    };
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(crashes_before.len(), 1);
+    let out = std::process::Command::new(vexctl())
+        .args(["run", "--quiet", "--resume", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::open(&db).unwrap();
+    let after = store.crashes(Some(1), 100).unwrap();
+    assert!(after.iter().any(|c| c.id == crashes_before[0].id && c.crash.title == crashes_before[0].crash.title));
+    let tests = store.tests(1).unwrap();
+    let status: Vec<(&str, &str)> = tests.iter().map(|t| (t.2.as_str(), t.3.as_str())).collect();
+    assert_eq!(
+        status,
+        [
+            ("first", "passed"),
+            ("crash", "passed"),
+            ("slow", "passed"),
+            ("last", "passed")
+        ]
+    );
+    // The slow test was started twice: once before the kill, once after.
+    assert_eq!(tests[2].4, 2);
+}
