@@ -280,6 +280,13 @@ pub struct MountStep {
     /// The mount must fail with stderr containing this text.
     #[serde(default)]
     pub fails_with: Option<String>,
+    /// Create the mountpoint first (default true).
+    #[serde(default = "yes")]
+    pub create: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_source() -> String {

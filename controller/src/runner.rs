@@ -784,8 +784,13 @@ async fn run_steps(
                     } else {
                         format!("-o {} ", m.options)
                     };
+                    let mkdir = if m.create {
+                        format!("mkdir -p {} 2>/dev/null; ", m.target)
+                    } else {
+                        String::new()
+                    };
                     let cmd = format!(
-                        "mkdir -p {t} 2>/dev/null; mount -t {fs} {opts}{src} {t}",
+                        "{mkdir}mount -t {fs} {opts}{src} {t}",
                         t = m.target,
                         src = m.source
                     );
