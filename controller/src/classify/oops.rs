@@ -390,7 +390,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         ..stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])
                     }),
                 f(r"BUG: held lock freed!", "BUG: held lock freed in {F}")
-                    .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
+                    .stack(stack(&[r"^\s*#0: [^\n]*at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
                 f(r"BUG: lock held when returning to user space", "BUG: lock held when returning to user space in {F}")
                     .no_stack()
                     .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
@@ -445,8 +445,8 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         .stack(warning_stack(&["refcount", "kobject_"])),
                     f(r"WARNING: .*kernel/locking/lockdep\.c.*lock_", "WARNING: locking bug in {F}")
                         .stack(warning_stack(&["lock_sock", "release_sock", "lock_sync", "lock_class", "__lock_", "lock_acquire", "lock_release", "register_lock_class", "reacquire_held_locks", "validate_chain", "check_noncircular", "check_prev_add", "mark_lock", "mark_usage", "hlock_class", "look_up_lock_class"])),
-                    f(r"WARNING: .*mm/slab_common\.c.* kmalloc_slab", "WARNING: kmalloc bug in {F}")
-                        .stack(warning_stack(&["kmalloc", "krealloc", "slab", "kmem", "kvmalloc", "kmemdup", "kcalloc", "kzalloc"])),
+                    f(r"WARNING: .*mm/(?:slab_common\.c.* kmalloc_slab|util\.c.* kvmalloc)", "WARNING: kmalloc bug in {F}")
+                        .stack(warning_stack(&["kmalloc", "krealloc", "slab", "kmem", "kvmalloc", "kmemdup", "kcalloc", "kzalloc", "vmalloc", "kvzalloc", "kvcalloc"])),
                     f(r"WARNING: .*mm/vmalloc\.c.*__vmalloc_node", "WARNING: zero-size vmalloc in {F}")
                         .stack(warning_stack(&["vmalloc", "vzalloc", "kvmalloc", "kvzalloc", "kvcalloc"])),
                     f(r"WARNING: kernel stack regs at [0-9a-f]+ in [^ ]* has bad '([^']+)' value", "WARNING: kernel stack regs has bad '{1}' value").no_stack(),
@@ -458,14 +458,14 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         ..stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])
                     }),
                     f(r"WARNING: held lock freed!", "WARNING: held lock freed in {F}")
-                        .stack(call_trace(&["free", "slab", "kmem", "debug_check_no_locks"])),
+                        .stack(stack(&[r"^\s*#0: [^\n]*at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
                     f(r"WARNING: (?i:nested) lock was not taken", "WARNING: nested lock was not taken in {F}")
                         .stack(call_trace(&[])),
                     f(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {F}")
                         .no_stack()
                         .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
                     f(r"WARNING: [^\n]*still has locks held!", "WARNING: still has locks held in {F}")
-                        .stack(call_trace(&["freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
+                        .stack(stack(&[r"^\s*#0: [^\n]*at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
                 ];
                 v.extend(lockdep_formats("WARNING"));
                 v.push(
