@@ -489,11 +489,9 @@ static STALL_ANCHORS: LazyLock<RegexSet> = LazyLock::new(|| {
         "^(?:sys_)?(?:read|write|ioctl|mmap|mmap_pgoff|sendmsg|recvmsg|sendto|recvfrom|writev|readv|pwrite64|pread64|compat_ioctl|setsockopt|getsockopt)$",
         "^compat_sys_ioctl$", "^blkdev_ioctl$", "^compat_blkdev_ioctl$", "^sock_ioctl$",
 
-        "^nfnetlink_rcv_msg$", "^mmap_region$", "^do_mmap", "^vm_mmap_pgoff$",
-        "^(?:sys_)?(?:read|write|ioctl|mmap|mmap_pgoff|sendmsg|recvmsg|sendto|recvfrom|writev|readv|pwrite64|pread64|compat_ioctl)$",
         "^compat_sys_ioctl$", "^do_iter_write$", "^do_iter_read$", "^do_iter_readv_writev$",
         "^do_vfs_ioctl$", "^vfs_ioctl$", "^sock_sendmsg", "^sock_recvmsg",
-         "^sys_(read|write|ioctl|sendmsg|sendto|recvmsg|recvfrom|setsockopt|getsockopt|connect|bind|writev|readv|pwrite64|pread64|sendmmsg|recvmmsg|fsync)$",
+         "^sys_(read|write|ioctl|sendmsg|sendto|recvmsg|recvfrom|setsockopt|getsockopt|connect|bind|writev|readv|pwrite64|pread64|fsync)$",
         "^el0_svc", "^invoke_syscall", "^ret_fast_syscall$", "^__x64_sys_call$",
         "^x64_sys_call$", "^do_el0_svc",
     ])
