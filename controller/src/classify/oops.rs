@@ -274,11 +274,14 @@ fn kernel_panic_formats() -> Vec<Format> {
             "__do_softirq",
         ])),
         f(
-            "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: {{FUNC}}",
+            "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in",
             "kernel panic: stack is corrupted in {F}",
         )
+        // The function is named in the message, or (older kernels print only its
+        // address) found in the call trace.
+        .no_stack()
         .stack(stack(
-            &["stack is corrupted in: {{FUNC}}", CALL_TRACE, "PARSE"],
+            &["stack is corrupted in: (?:{{FUNC}})?", CALL_TRACE, "PARSE"],
             &["stack_chk", "__stack_chk"],
         )),
         f(
