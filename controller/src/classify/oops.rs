@@ -403,7 +403,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 f(r"BUG: Dentry [^\n]* still in use \([0-9]+\) \[(unmount) of ", "BUG: Dentry still in use in {1}")
                     .no_stack(),
                 f(r"BUG: Bad page (state|map|cache)", "BUG: Bad page {1} in {F}")
-                    .stack(call_trace(&["bad_page", "free_", "page", "folio", "zap_", "unmap_", "release_pages"])),
+                    .stack(call_trace(&["bad_page", "free_", "page", "folio", "zap_", "unmap_", "release_pages", "skb_", "kfree_skb", "page_pool", "napi_", "netif_receive"])),
                 f(r"BUG: (?:[A-Z]+ )?stack guard page was hit", "BUG: stack guard page was hit in {F}")
                     .alt(&["stack-overflow in {F}"])
                     .stack(rip_stack(&[])),
