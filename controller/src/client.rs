@@ -107,7 +107,7 @@ impl AgentClient {
             }
             tracing::trace!(%addr, error = %last, "agent not healthy yet");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+            delay = (delay * 2).min(Duration::from_millis(100));
         }
     }
 

@@ -254,8 +254,9 @@ pub async fn connect(addr: &Address) -> Result<BoxedStream, TransportError> {
     }
 }
 
-/// Connects to `addr`, retrying retryable failures with backoff (50 ms doubling to
-/// 500 ms) until `timeout` has passed.
+/// Connects to `addr`, retrying retryable failures with backoff (50 ms, then every
+/// 100 ms: an attempt is a local unix connect, and a booting guest should be seen
+/// the moment its agent listens) until `timeout` has passed.
 pub async fn connect_with_retry(
     addr: &Address,
     timeout: Duration,
@@ -268,7 +269,7 @@ pub async fn connect_with_retry(
             Err(e) if e.is_retryable() && start.elapsed() + delay < timeout => {
                 tracing::trace!(%addr, error = %e, "connect retry");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
+                delay = (delay * 2).min(Duration::from_millis(100));
             }
             Err(e) if e.is_retryable() => {
                 return Err(TransportError::Deadline {
