@@ -48,6 +48,7 @@ static REPORTISH: LazyLock<Regex> = LazyLock::new(|| {
         r"[0-9]+ locks? held|no locks held|other info|the existing|which lock|but task|",
         r"Possible unsafe|Chain exists|stack backtrace|irq event|hardirqs|softirqs|",
         r"Allocated|Freed|allocated by|freed by|The buggy|Memory state|page:|flags:|raw:|",
+        r"(?:Read|Write) (?:of size|at addr)|",
         r"page dumped|Disabling lock debugging|Last potentially|Second to last|",
         r"Uninit was|Local variable|Bytes [0-9]|Byte [0-9]|kfence-#|Use-after-free|",
         r"Out-of-bounds|Invalid|Corrupted memory|unreferenced object|comm |hex dump|",
