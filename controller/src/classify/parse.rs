@@ -205,14 +205,27 @@ fn try_parts(texts: &[&str], parts: &[Part], sf: &StackFmt) -> (Option<String>, 
     (frame, cands)
 }
 
-/// A module frame at the top of a stall is the culprit (our modules are the code
-/// under test); otherwise the format's extractor decides.
+/// Out-of-tree modules are the code under test: a stall whose top frame is in a
+/// module, or a hung task waiting inside a module, is attributed to that module
+/// function; otherwise the format's extractor decides.
 fn pick_with_module(cands: &[Frame], sf: &StackFmt) -> Option<String> {
-    if sf.extractor == frames::Extractor::Stall
-        && let Some(top) = cands.iter().find(|f| !frames::is_skipped(&f.func, sf.skip))
-        && top.module.is_some()
-    {
-        return Some(top.func.clone());
+    let mut real = cands
+        .iter()
+        .filter(|f| !frames::is_skipped(&f.func, sf.skip));
+    match sf.extractor {
+        frames::Extractor::Stall => {
+            if let Some(top) = real.next()
+                && top.module.is_some()
+            {
+                return Some(top.func.clone());
+            }
+        }
+        frames::Extractor::Hung => {
+            if let Some(m) = real.find(|f| f.module.is_some()) {
+                return Some(m.func.clone());
+            }
+        }
+        frames::Extractor::First => {}
     }
     let names: Vec<String> = cands.iter().map(|f| f.func.clone()).collect();
     frames::pick(&names, sf.skip, sf.extractor)

@@ -290,6 +290,19 @@ fn leaks_lockups_and_lockdep() {
 }
 
 #[test]
+fn hung_task_in_module_lock_helper() {
+    // Waiting machinery is skipped, but a module frame is the culprit even when its
+    // name looks like locking.
+    let log = b"INFO: task mount:77 blocked for more than 120 seconds.\n\
+        Call Trace:\n <TASK>\n __schedule+0x1/0x2\n schedule+0x1/0x2\n\
+         __mutex_lock.constprop.0+0x1/0x2\n vexfs_lock_super+0x1/0x2 [vexfs]\n\
+         vexfs_fill_super+0x1/0x2 [vexfs]\n mount_bdev+0x1/0x2\n </TASK>\n";
+    let r = classify(log);
+    assert_eq!(r[0].title, "INFO: task hung in vexfs_lock_super");
+    assert_eq!(r[0].guilty_module.as_deref(), Some("vexfs"));
+}
+
+#[test]
 fn no_crash_and_garbage() {
     assert!(classify(b"").is_empty());
     assert!(classify(b"hello\r\nworld\n\xff\xfe\n").is_empty());
