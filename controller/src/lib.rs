@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod guest;
 pub mod recovery;
+pub mod report;
 pub mod store;
 pub mod supervisor;
 pub mod transport;
