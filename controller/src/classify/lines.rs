@@ -47,8 +47,9 @@ pub(crate) fn strip_prefixes(line: &str) -> (&str, Option<String>, u8) {
     let mut s = line;
     let mut caller = None;
     let mut stamps = 0u8;
-    if let Some(rest) = strip_kmsg_header(s) {
+    if let Some((rest, kmsg_caller)) = strip_kmsg_header(s) {
         s = rest;
+        caller = kmsg_caller;
     }
     loop {
         if let Some(rest) = strip_syslog_level(s) {
@@ -96,15 +97,22 @@ fn strip_syslog_level(s: &str) -> Option<&str> {
         .then(|| &rest[end + 1..])
 }
 
-/// `/dev/kmsg` records: `prio,seq,usec,flags[,more];message`.
-fn strip_kmsg_header(s: &str) -> Option<&str> {
+/// `/dev/kmsg` records: `prio,seq,usec,flags[,caller=T12];message`; returns the
+/// message and the caller id when the record carries one.
+fn strip_kmsg_header(s: &str) -> Option<(&str, Option<String>)> {
     let semi = s.find(';')?;
     let head = &s[..semi];
     let mut fields = head.split(',');
     let numeric =
         |f: Option<&str>| f.is_some_and(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
-    (numeric(fields.next()) && numeric(fields.next()) && numeric(fields.next()))
-        .then(|| &s[semi + 1..])
+    if !(numeric(fields.next()) && numeric(fields.next()) && numeric(fields.next())) {
+        return None;
+    }
+    let caller = fields
+        .find_map(|f| f.strip_prefix("caller="))
+        .filter(|c| is_caller_id(c))
+        .map(str::to_string);
+    Some((&s[semi + 1..], caller))
 }
 
 #[cfg(test)]
@@ -130,7 +138,9 @@ mod tests {
             Line::parse(b"4,1234,5678901,-;WARNING: x").text,
             "WARNING: x"
         );
-        assert_eq!(Line::parse(b"4,12,56,-,caller=T12;BUG: y").text, "BUG: y");
+        let l = Line::parse(b"4,12,56,-,caller=T12;BUG: y");
+        assert_eq!(l.text, "BUG: y");
+        assert_eq!(l.caller.as_deref(), Some("T12"));
         assert_eq!(Line::parse(b"<4>[ 1.0] INFO: z").text, "INFO: z");
         assert_eq!(Line::parse(b"[not a ts] x").text, "[not a ts] x");
     }
