@@ -20,7 +20,7 @@ thead th{background:#f3f3f3}td.num{text-align:right}
 .skipped{background:#f9a825}.error,.aborted{background:#6a1b9a}.none{background:#eee;color:#888}
 #metrics td.mark{color:#fff;font-weight:bold}
 #matrix td{color:#fff;white-space:nowrap}#matrix td a{color:#fff}
-#matrix td.none{color:#888}
+#matrix td.none{color:#888}#timeline{margin-top:.6em}
 .lane{display:flex;align-items:center;margin:.2em 0}.lane-name{width:14em;flex:none;overflow:hidden;text-overflow:ellipsis}
 .track{position:relative;flex:1;height:1.2em;background:#f3f3f3;border:1px solid #ddd}
 .ev{position:absolute;top:0;bottom:0;min-width:3px;opacity:.85}.ev.succeeded{background:#2e7d32}.ev.failed,.ev.hung{background:#c62828}
