@@ -254,12 +254,10 @@ mod tests {
     fn validates_against_junit_xsd() {
         let xsd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/junit.xsd");
         let dir = tempfile::tempdir().unwrap();
-        let mut r = sample();
-        r.shard = None;
-        for (i, r) in [sample(), r].iter().enumerate() {
-            let file = dir.path().join(format!("junit{i}.xml"));
-            std::fs::write(&file, junit(r)).unwrap();
-            let out = Command::new("xmllint")
+        let lint = |name: &str, xml: &str| {
+            let file = dir.path().join(name);
+            std::fs::write(&file, xml).unwrap();
+            Command::new("xmllint")
                 .arg("--noout")
                 .arg("--schema")
                 .arg(&xsd)
@@ -267,14 +265,30 @@ mod tests {
                 .output()
                 .unwrap_or_else(|e| {
                     panic!("cannot run xmllint ({e}): install Debian package libxml2-utils")
-                });
+                })
+        };
+        let mut unsharded = sample();
+        unsharded.shard = None;
+        unsharded.kernels[1].harness_error = None;
+        for (i, r) in [sample(), unsharded].iter().enumerate() {
+            let xml = junit(r);
+            let out = lint(&format!("junit{i}.xml"), &xml);
             assert!(
                 out.status.success(),
-                "JUnit XML does not validate against {}:\n{}\n{}",
+                "JUnit XML does not validate against {}:\n{}\n{xml}",
                 xsd.display(),
                 String::from_utf8_lossy(&out.stderr),
-                junit(r)
             );
         }
+        // The schema has teeth: a testcase without a name, or children out of order, fail.
+        let xml = junit(&sample());
+        let nameless = xml.replacen(" name=\"mount_basic\"", "", 1);
+        assert!(!lint("nameless.xml", &nameless).status.success());
+        let reordered = xml.replacen(
+            "<skipped message=\"isolated after 3 crashes\"/>",
+            "<system-out>x</system-out><skipped/>",
+            1,
+        );
+        assert!(!lint("reordered.xml", &reordered).status.success());
     }
 }
