@@ -175,42 +175,11 @@ pub fn run(args: CrashesArgs) -> anyhow::Result<u8> {
         CrashesCommand::Stats { run } => {
             let s = store.stats(run)?;
             let buckets = store.buckets()?;
-            let targets = [
-                (
-                    "recovery success rate",
-                    s.recovery_success_rate >= 0.95,
-                    format!("{:.1}%", s.recovery_success_rate * 100.0),
-                    "> 95%",
-                ),
-                (
-                    "mean recovery time",
-                    s.mean_recovery_ms < 30_000.0,
-                    format!("{:.1} s", s.mean_recovery_ms / 1000.0),
-                    "< 30 s",
-                ),
-                (
-                    "p95 recovery time",
-                    s.p95_recovery_ms < 30_000.0,
-                    format!("{:.1} s", s.p95_recovery_ms / 1000.0),
-                    "< 30 s",
-                ),
-                (
-                    "data integrity",
-                    s.data_integrity >= 1.0,
-                    format!("{:.1}%", s.data_integrity * 100.0),
-                    "100%",
-                ),
-                (
-                    "test continuity",
-                    s.test_continuity >= 0.9,
-                    format!("{:.1}%", s.test_continuity * 100.0),
-                    "> 90%",
-                ),
-            ];
+            let targets = crate::report::targets(&s);
             if args.json {
                 let t: Vec<_> = targets
                     .iter()
-                    .map(|(n, ok, v, t)| json!({"metric": n, "value": v, "target": t, "met": ok}))
+                    .map(|t| json!({"metric": t.name, "value": t.value, "target": t.target, "met": t.met}))
                     .collect();
                 let v = json!({ "stats": s, "targets": t, "buckets": buckets });
                 writeln!(out, "{}", serde_json::to_string(&v)?)?;
@@ -220,9 +189,13 @@ pub fn run(args: CrashesArgs) -> anyhow::Result<u8> {
                     "{} crashes in {} buckets; {} recoveries, {} succeeded",
                     s.crashes, s.buckets, s.recoveries, s.recovered
                 )?;
-                for (name, ok, value, target) in &targets {
-                    let mark = if *ok { "ok  " } else { "MISS" };
-                    writeln!(out, "  {mark} {name:24} {value:>9}  (target {target})")?;
+                for t in &targets {
+                    let mark = if t.met { "ok  " } else { "MISS" };
+                    writeln!(
+                        out,
+                        "  {mark} {:24} {:>9}  (target {})",
+                        t.name, t.value, t.target
+                    )?;
                 }
                 if !buckets.is_empty() {
                     writeln!(

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 pub mod agent;
 pub mod classify;
 pub mod crashes;
+pub mod plan;
+pub mod report;
+pub mod run;
 pub mod vm;
 
 /// Exit code: everything as expected.
@@ -41,6 +44,12 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Read the crash database: list, show, stats.
     Crashes(crashes::CrashesArgs),
+    /// Merge shard results and render reports (summary, JUnit, JSON, HTML).
+    Report(report::ReportArgs),
+    /// Run a test plan (default: the crash scenario suite) across kernels.
+    Run(run::RunArgs),
+    /// Check test plans.
+    Plan(plan::PlanArgs),
 }
 
 /// Parses arguments, runs the subcommand and maps its result to an exit code.
@@ -52,6 +61,9 @@ pub fn main() -> ExitCode {
         Command::Vm(args) => vm::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Crashes(args) => crashes::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,104 @@
+//! `vexctl run`: run a test plan across kernels and report.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::plan;
+use crate::report;
+use crate::runner::{self, Progress, RunConfig};
+use crate::vm::image;
+
+use super::{EXIT_FAILURES, EXIT_OK};
+
+/// Arguments of `vexctl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Test plan (TOML); default: the built-in crash scenario suite (plans/default.toml).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Kernel to run on (release, prefix such as 6.1, or latest-6.12); repeat for a
+    /// matrix. Default: the plan's kernels.
+    #[arg(long = "kernel")]
+    pub kernels: Vec<String>,
+    /// Guests at a time (default: one per two cores, at least one).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Crash database (default: $VEXFS_DB, else ~/.local/share/vexfs/crashes.db).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Write JUnit XML here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Write the JSON results here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the self-contained HTML report here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Run only slice I of N of the (kernel, test) matrix, for CI runners.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Resume the run with this id (after an interruption).
+    #[arg(long)]
+    pub resume: Option<i64>,
+    /// Guest images directory (default: <cache>/images).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs `vexctl run`.
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let (plan, plan_text) = match &args.plan {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading plan {}", p.display()))?;
+            (plan::parse(&text, &p.display().to_string())?, text)
+        }
+        None => (
+            plan::parse(plan::DEFAULT_PLAN, "plans/default.toml")?,
+            plan::DEFAULT_PLAN.to_string(),
+        ),
+    };
+    let shard = args.shard.as_deref().map(runner::parse_shard).transpose()?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cfg = RunConfig {
+        plan,
+        plan_text,
+        kernels: args.kernels,
+        jobs: args.jobs.unwrap_or((cores / 2).max(1)),
+        db: super::crashes::db_path(args.db),
+        shard,
+        resume: args.resume,
+        images_dir: args.image_dir.unwrap_or_else(image::default_images_dir),
+        progress: if args.quiet {
+            Progress::Quiet
+        } else {
+            Progress::Lines
+        },
+    };
+    let db = cfg.db.clone();
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let results = rt.block_on(runner::run(cfg))?;
+    report::write_all(
+        &results,
+        args.junit.as_deref(),
+        args.json.as_deref(),
+        args.html.as_deref(),
+    )?;
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    print!("{}", report::summary(&results, color));
+    println!(
+        "run {} recorded in {} (vexctl crashes stats --db {} --run {})",
+        results.run_id,
+        db.display(),
+        db.display(),
+        results.run_id
+    );
+    Ok(if results.all_ok() { EXIT_OK } else { EXIT_FAILURES })
+}
