@@ -100,5 +100,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         db.display(),
         results.run_id
     );
-    Ok(if results.all_ok() { EXIT_OK } else { EXIT_FAILURES })
+    Ok(if results.all_ok() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURES
+    })
 }
