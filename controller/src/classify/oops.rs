@@ -568,6 +568,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .alt(&["bad-access in {F}"])
                     .stack(rip_stack(&[])),
             ],
+            // User-space segfaults (`traps: prog[1] general protection fault ... in lib.so[..]`).
             suppressions: vec![re(r"general protection fault[^\n]*\bin\b [^\n]*\[[0-9a-f]+\+[0-9a-f]+\]")],
         },
         Oops {
@@ -603,7 +604,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
         Oops {
             header: "Kernel BUG",
             formats: vec![f(r"Kernel BUG", "kernel BUG in {F}").stack(rip_stack(&[]))],
-            suppressions: vec![re(r"Kernel BUG at [^\n]*\[verbose debug info unavailable\]\s*$")],
+            suppressions: Vec::new(),
         },
         Oops {
             header: "BUG kmalloc-",
