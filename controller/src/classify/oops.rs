@@ -422,7 +422,6 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .stack(stack(&[r"BUG: [^\n]* in {{FUNC}}", CALL_TRACE, "PARSE"], &[])),
             ],
             suppressions: vec![
-                re(r"BUG: KASAN: .* in (?:kasan|__asan)_[a-z]+ at"),
                 re(r"BUG: see /proc"),
                 re(r"BUG: Out of memory\. ODEBUG disabled"),
                 // Kernel BUG messages name the bug right after the colon.
@@ -581,7 +580,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
         Oops {
             header: "Kernel panic",
             formats: kernel_panic_formats(),
-            suppressions: vec![re(r"Kernel panic - not syncing: Attempted to kill the idle task")],
+            suppressions: Vec::new(),
         },
         Oops {
             header: "PANIC: double fault",
