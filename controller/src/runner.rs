@@ -121,6 +121,25 @@ fn applies(test: &Test, release: &str) -> bool {
             .any(|k| image::release_matches(release, selector(k)))
 }
 
+/// The tests (indices into `tests`) each kernel runs: those that apply to it, and of
+/// the whole (kernel, test) matrix only shard I of N, dealt round robin.
+pub fn slice(releases: &[&str], tests: &[Test], shard: Option<(u32, u32)>) -> Vec<Vec<usize>> {
+    let mut owned = vec![Vec::new(); releases.len()];
+    let mut n = 0u32;
+    for (ki, release) in releases.iter().enumerate() {
+        for (ti, t) in tests.iter().enumerate() {
+            if !applies(t, release) {
+                continue;
+            }
+            if shard.is_none_or(|(i, count)| n % count == i - 1) {
+                owned[ki].push(ti);
+            }
+            n += 1;
+        }
+    }
+    owned
+}
+
 /// Runs the plan (or resumes a run) and returns the results.
 pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
     let store = Store::open(&cfg.db)?;
@@ -166,20 +185,11 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
         })?;
         manifests.push(m);
     }
-    // The slice of (kernel, test) pairs this shard owns, round robin.
-    let mut owned: Vec<Vec<usize>> = vec![Vec::new(); manifests.len()];
-    let mut n = 0u32;
-    for (ki, m) in manifests.iter().enumerate() {
-        for (ti, t) in cfg.plan.tests.iter().enumerate() {
-            if !applies(t, &m.kernel_release) {
-                continue;
-            }
-            if cfg.shard.is_none_or(|(i, count)| n % count == i - 1) {
-                owned[ki].push(ti);
-            }
-            n += 1;
-        }
-    }
+    let releases: Vec<&str> = manifests
+        .iter()
+        .map(|m| m.kernel_release.as_str())
+        .collect();
+    let owned = slice(&releases, &cfg.plan.tests, cfg.shard);
     let jobs = Arc::new(tokio::sync::Semaphore::new(cfg.jobs.max(1)));
     let plan = Arc::new(cfg.plan.clone());
     let mut tasks = tokio::task::JoinSet::new();
@@ -986,6 +996,27 @@ mod tests {
         assert!(parse_shard("0/2").is_err());
         assert!(parse_shard("3/2").is_err());
         assert!(parse_shard("x").is_err());
+    }
+
+    #[test]
+    fn shards_cover_the_matrix_once() {
+        let plan = crate::plan::parse(crate::plan::DEFAULT_PLAN, "default").unwrap();
+        let kernels = ["6.1.0-57-amd64", "6.12.117+deb12-amd64"];
+        let all = slice(&kernels, &plan.tests, None);
+        // The KFENCE test runs on 6.12 only.
+        assert_eq!(all[1].len(), plan.tests.len());
+        assert_eq!(all[0].len(), plan.tests.len() - 1);
+        let mut seen = std::collections::HashSet::new();
+        for i in 1..=3 {
+            let part = slice(&kernels, &plan.tests, Some((i, 3)));
+            for (k, tests) in part.iter().enumerate() {
+                for t in tests {
+                    assert!(seen.insert((k, *t)), "({k}, {t}) in two shards");
+                }
+            }
+        }
+        let total: usize = all.iter().map(Vec::len).sum();
+        assert_eq!(seen.len(), total);
     }
 
     #[test]

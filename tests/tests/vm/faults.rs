@@ -1,4 +1,6 @@
-//! Every fault trigger of the vexfs module produces its kernel report on the serial
+//! The guest side through the agent: a line written in the guest reaches the stream;
+//! the module loads, reloads, mounts through Exec; and every fault trigger of the vexfs
+//! module produces its kernel report on the serial
 //! console and in the agent's kmsg stream, on both kernels. Faults the guest survives
 //! run one after another in one boot; panic and soft lockup end or freeze the guest and
 //! are covered by the recovery tests.
@@ -110,4 +112,86 @@ fn every_fault_reports_on_console_and_stream_612() {
 fn every_fault_reports_on_console_and_stream_61() {
     let _one = serial();
     rt().block_on(faults_on("6.1"));
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn guest_log_line_streams_module_reloads_and_mounts_through_exec() {
+    let _one = serial();
+    rt().block_on(async {
+        let m = manifest(None);
+        let (vm, mut client, _, _) = boot(&config(&m)).await;
+        let mut stream = client
+            .stream_events(StreamRequest {
+                disable_counters: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let sh = |cmd: &str| ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), cmd.into()],
+            timeout_ms: 30_000,
+            ..Default::default()
+        };
+        let r = client
+            .exec(sh("echo vexfs-e2e-marker-42 > /dev/kmsg"))
+            .await
+            .unwrap();
+        assert_eq!(r.exit_code, 0);
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(ev)) = stream.next().await {
+                if let Some(event::Kind::Kmsg(r)) = ev.kind
+                    && r.text.contains("vexfs-e2e-marker-42")
+                {
+                    return r.seq;
+                }
+            }
+            0
+        })
+        .await
+        .expect("the guest's line never reached the stream");
+        assert!(seen > 0);
+        let path = m.module_path_in_guest.clone();
+        let load = client
+            .load_module(LoadModuleRequest {
+                path: path.clone(),
+                params: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            load.outcome,
+            vexfs_proto::ModuleOutcome::Ok as i32,
+            "{}",
+            load.detail
+        );
+        let reload = client
+            .reload_module(vexfs_proto::ReloadModuleRequest {
+                name: m.module_name.clone(),
+                path,
+                params: String::new(),
+                deadline_ms: 10_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            reload.outcome,
+            vexfs_proto::ModuleOutcome::Ok as i32,
+            "{}",
+            reload.detail
+        );
+        assert_eq!(
+            reload.module.as_ref().map(|m| m.state.as_str()),
+            Some("Live")
+        );
+        let r = client
+            .exec(sh(
+                "mkdir -p /mnt/e && mount -t vexfs none /mnt/e && echo data > /mnt/e/f && \
+                 cat /mnt/e/f && ls /mnt/e && umount /mnt/e && grep -c ' /mnt/e ' /proc/mounts",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&r.stdout), "data\nf\n0\n");
+        vm.kill();
+    });
 }
