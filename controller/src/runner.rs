@@ -720,6 +720,22 @@ async fn sunreclaim(client: &mut AgentClient) -> Result<f64, String> {
     Ok(c.meminfo_kb.get("SUnreclaim").copied().unwrap_or(0) as f64)
 }
 
+/// Loads the module under test; one already loaded counts as loaded.
+async fn load(client: &mut AgentClient, module: &ModuleSpec) -> Result<(), String> {
+    let r = client
+        .load_module(LoadModuleRequest {
+            path: module.path.clone(),
+            params: module.params.clone(),
+        })
+        .await
+        .map_err(|e| format!("load: {e}"))?;
+    if r.outcome == ModuleOutcome::Ok as i32 || r.detail.contains("exists") {
+        Ok(())
+    } else {
+        Err(format!("load: {}", r.detail))
+    }
+}
+
 async fn run_steps(
     mut client: AgentClient,
     module: ModuleSpec,
@@ -739,21 +755,7 @@ async fn run_steps(
         }
         let r: Result<(), String> = async {
             match step {
-                Step::Load => {
-                    let r = client
-                        .load_module(LoadModuleRequest {
-                            path: module.path.clone(),
-                            params: module.params.clone(),
-                        })
-                        .await
-                        .map_err(|e| format!("load: {e}"))?;
-                    let ok = r.outcome == ModuleOutcome::Ok as i32 || r.detail.contains("exists");
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err(format!("load: {}", r.detail))
-                    }
-                }
+                Step::Load => load(&mut client, &module).await,
                 Step::Unload | Step::Reload => {
                     let r = client
                         .unload_module(UnloadModuleRequest {
@@ -767,16 +769,7 @@ async fn run_steps(
                         return Err(format!("unload: {}", r.detail));
                     }
                     if matches!(step, Step::Reload) {
-                        let r = client
-                            .load_module(LoadModuleRequest {
-                                path: module.path.clone(),
-                                params: module.params.clone(),
-                            })
-                            .await
-                            .map_err(|e| format!("load: {e}"))?;
-                        if r.outcome != ModuleOutcome::Ok as i32 {
-                            return Err(format!("load: {}", r.detail));
-                        }
+                        load(&mut client, &module).await?;
                     }
                     Ok(())
                 }

@@ -57,24 +57,7 @@ pub fn db_path(arg: Option<PathBuf>) -> PathBuf {
 }
 
 fn time(ms: i64) -> String {
-    let secs = ms / 1000;
-    let (d, r) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = d + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        r / 3600,
-        r % 3600 / 60,
-        r % 60
-    )
+    crate::report::iso_time(ms).replacen('T', " ", 1)
 }
 
 /// Runs `vexctl crashes`.
@@ -225,9 +208,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_time() {
+    fn times_are_utc_with_a_space() {
         assert_eq!(time(0), "1970-01-01 00:00:00");
-        assert_eq!(time(1_796_083_200_000), "2026-12-01 00:00:00");
         assert_eq!(time(951_782_400_000 + 3_661_000), "2000-02-29 01:01:01");
     }
 }
