@@ -11,7 +11,7 @@
 //! /dev/vhost-vsock): a stream open across a guest reset never ends (no reset
 //! reaches the host side), so watch `guest_events().resets` or heartbeats; and a
 //! connection made between the reset and the new kernel's vsock setup hangs the
-//! backend, which is why `wait_for_agent` waits for the vsock marker after a reset.
+//! backend, which is why `wait_for_agent` first waits for the agent's vsock marker.
 
 pub mod console;
 pub mod image;
@@ -560,8 +560,8 @@ impl Vm {
         let addr = self.agent_addr.clone().ok_or(VmError::NoVsock)?;
         let start = Instant::now();
         self.until_exit(
-            "waiting for the guest's vsock after a reset",
-            self.await_vsock_after_reset(timeout),
+            "waiting for the agent to listen on vsock",
+            self.await_agent_listening(timeout),
         )
         .await?;
         let timeout = timeout.saturating_sub(start.elapsed());
@@ -597,33 +597,28 @@ impl Vm {
         }
     }
 
-    /// vhost-device-vsock 0.3 keeps its virtqueue state across a guest reset: a
-    /// hybrid connection attempted after the reset but before the new kernel has set
-    /// up its vsock queues hangs, and so does every later one (measured). So after a
-    /// RESET, wait for the new kernel's vsock (the agent's "listening on vsock" line,
-    /// or the PF_VSOCK registration plus a second) before the first connect.
-    async fn await_vsock_after_reset(&self, timeout: Duration) {
+    /// vhost-device-vsock 0.3: a hybrid connection attempted before the guest kernel
+    /// has set up its vsock queues (after a reset, and on a first boot too) hangs, and
+    /// so does every later one (measured). So wait for the agent's "listening on
+    /// vsock" console line before the first connect.
+    async fn await_agent_listening(&self, timeout: Duration) {
         if self.daemon.is_none() {
             return;
         }
-        let Some(reset_at) = self.guest.borrow().last_reset_at else {
-            return;
-        };
+        // The first boot is no different: a CONNECT that reaches the daemon before the
+        // guest's vsock is up hangs it the same way (seen twice in ~60 boots), so on
+        // every boot wait for the agent's own "listening on vsock" line first.
+        let since = self.guest.borrow().last_reset_at.unwrap_or(Duration::ZERO);
         let line = self
             .console
             .wait_for(timeout, |l| {
                 l.source == Source::Serial
-                    && l.since_start >= reset_at
-                    && (l.text.contains("listening on vsock")
-                        || l.text.contains("Registered PF_VSOCK"))
+                    && l.since_start >= since
+                    && l.text.contains("listening on vsock")
             })
             .await;
-        match line {
-            Some(l) if l.text.contains("listening on vsock") => {}
-            Some(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            None => {
-                tracing::warn!("no vsock marker on the console after the reset; connecting anyway")
-            }
+        if line.is_none() {
+            tracing::warn!("the agent never said it listens on vsock; connecting anyway");
         }
     }
 
