@@ -559,7 +559,8 @@ pub async fn handle_crash(
         qmp_responsive,
         kernel_died: oopsed || crash.category == Category::KernelPanic.as_str(),
         guest_running: !verdict.is_failure(),
-        // Kernel vhost-vsock survives a reset; the vhost-user daemon does not.
+        // With the vhost-user daemon a relaunch is the reset: the daemon survives a
+        // reset only when nothing connects too early, and a relaunch costs the same boot.
         reset_keeps_transport: guest
             .vm
             .as_ref()

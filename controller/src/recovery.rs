@@ -116,9 +116,9 @@ pub struct Situation {
     pub kernel_died: bool,
     /// The guest still runs userspace (agent answering); forensics need only QMP.
     pub guest_running: bool,
-    /// A QMP system_reset brings the agent back. Not so with the vhost-user vsock
-    /// daemon (measured: the device never comes back after a reset), where a relaunch
-    /// is the reset.
+    /// A QMP system_reset reliably brings the agent back (kernel vhost-vsock). With
+    /// the vhost-user vsock daemon a connection made too early after a reset hangs it
+    /// for good (measured), so there a relaunch, which costs the same boot, is the reset.
     pub reset_keeps_transport: bool,
     /// How many times this test has crashed in this run, this crash included.
     pub test_crashes: u32,
