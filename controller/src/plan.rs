@@ -444,6 +444,26 @@ fn check(plan: &Plan) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text gives a plan or an error with a position inside the text, never a
+        /// panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "(?s).{0,400}") {
+            if let Err(Error::Parse { line, .. }) = parse(&text, "p") {
+                prop_assert!(line <= text.lines().count() + 1);
+            }
+        }
+
+        #[test]
+        fn mangled_default_plan_never_panics(cut in 0usize..4000, junk in "[\\[\\]{}=\",a-z0-9 \n]{0,8}") {
+            let mut text = DEFAULT_PLAN.to_string();
+            let at = text.char_indices().map(|(i, _)| i).nth(cut % DEFAULT_PLAN.len()).unwrap_or(0);
+            text.insert_str(at, &junk);
+            let _ = parse(&text, "p");
+        }
+    }
 
     #[test]
     fn default_plan_is_valid() {
