@@ -63,8 +63,89 @@ pub enum Error {
 pub enum Progress {
     /// A line per test on stderr.
     Lines,
+    /// On a terminal: the same lines, under them one redrawn status line with a bar
+    /// per kernel (tests done, crashes, recoveries).
+    Bars,
     /// Nothing.
     Quiet,
+}
+
+/// One kernel's place in the run, for the status line.
+#[derive(Debug, Clone, Default)]
+struct KernelStatus {
+    kernel: String,
+    done: usize,
+    total: usize,
+    crashes: usize,
+    recovered: usize,
+}
+
+/// Progress output shared by the kernel tasks.
+#[derive(Debug, Clone)]
+struct Reporter {
+    mode: Progress,
+    board: Arc<std::sync::Mutex<Vec<KernelStatus>>>,
+}
+
+impl Reporter {
+    fn status(board: &[KernelStatus]) -> String {
+        const WIDTH: usize = 12;
+        let mut line = board
+            .iter()
+            .map(|k| {
+                let filled = (k.done * WIDTH)
+                    .checked_div(k.total)
+                    .unwrap_or(0)
+                    .min(WIDTH);
+                let short = k.kernel.split('+').next().unwrap_or(&k.kernel);
+                format!(
+                    "{short} [{}{}] {}/{} crashes {} recovered {}",
+                    "#".repeat(filled),
+                    "-".repeat(WIDTH - filled),
+                    k.done,
+                    k.total,
+                    k.crashes,
+                    k.recovered
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" | ");
+        line.truncate(200);
+        line
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Vec<KernelStatus>> {
+        self.board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Prints a line (above the status line on a terminal).
+    fn line(&self, msg: &str) {
+        match self.mode {
+            Progress::Quiet => {}
+            Progress::Lines => eprintln!("{msg}"),
+            Progress::Bars => eprint!("\r\x1b[2K{msg}\n{}", Self::status(&self.board())),
+        }
+    }
+
+    /// Updates one kernel's status and redraws the status line.
+    fn update(&self, slot: usize, f: impl FnOnce(&mut KernelStatus)) {
+        let mut board = self.board();
+        if let Some(k) = board.get_mut(slot) {
+            f(k);
+        }
+        if self.mode == Progress::Bars {
+            eprint!("\r\x1b[2K{}", Self::status(&board));
+        }
+    }
+
+    /// Clears the status line at the end.
+    fn finish(&self) {
+        if self.mode == Progress::Bars {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 /// What to run.
@@ -190,6 +271,20 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
         .map(|m| m.kernel_release.as_str())
         .collect();
     let owned = slice(&releases, &cfg.plan.tests, cfg.shard);
+    let reporter = Reporter {
+        mode: cfg.progress,
+        board: Arc::new(std::sync::Mutex::new(
+            manifests
+                .iter()
+                .zip(&owned)
+                .map(|(m, t)| KernelStatus {
+                    kernel: m.kernel_release.clone(),
+                    total: t.len(),
+                    ..Default::default()
+                })
+                .collect(),
+        )),
+    };
     let jobs = Arc::new(tokio::sync::Semaphore::new(cfg.jobs.max(1)));
     let plan = Arc::new(cfg.plan.clone());
     let mut tasks = tokio::task::JoinSet::new();
@@ -198,13 +293,11 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
             continue;
         }
         let (jobs, plan, m, tests) = (jobs.clone(), plan.clone(), m.clone(), owned[ki].clone());
-        let (db, progress) = (cfg.db.clone(), cfg.progress);
+        let (db, reporter) = (cfg.db.clone(), reporter.clone());
         tasks.spawn(async move {
             let _permit = jobs.acquire_owned().await;
-            (
-                ki,
-                run_kernel(&plan, &m, &tests, run_id, &db, progress).await,
-            )
+            let r = run_kernel(&plan, &m, &tests, run_id, &db, &reporter, ki).await;
+            (ki, r)
         });
     }
     let mut kernels: Vec<(usize, KernelResults)> = Vec::new();
@@ -214,6 +307,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
             Err(e) => tracing::error!("kernel task: {e}"),
         }
     }
+    reporter.finish();
     kernels.sort_by_key(|(ki, _)| *ki);
     let kernels: Vec<KernelResults> = kernels.into_iter().map(|(_, k)| k).collect();
     let results = collect(&store, run_id, &cfg, kernels, started_at_ms)?;
@@ -265,10 +359,8 @@ fn collect(
     Ok(RunResults { stats, ..results })
 }
 
-fn say(progress: Progress, msg: &str) {
-    if progress == Progress::Lines {
-        eprintln!("{msg}");
-    }
+fn say(progress: &Reporter, msg: &str) {
+    progress.line(msg);
 }
 
 fn ms(d: Duration) -> u64 {
@@ -282,7 +374,8 @@ async fn run_kernel(
     tests: &[usize],
     run_id: i64,
     db: &std::path::Path,
-    progress: Progress,
+    progress: &Reporter,
+    slot: usize,
 ) -> KernelResults {
     let started = Instant::now();
     let mut kr = KernelResults {
@@ -380,6 +473,7 @@ async fn run_kernel(
                     prev.status
                 ),
             );
+            progress.update(slot, |k| k.done = i + 1);
             kr.tests.push(prev);
             continue;
         }
@@ -421,6 +515,11 @@ async fn run_kernel(
                 }
             ),
         );
+        progress.update(slot, |k| {
+            k.done = i + 1;
+            k.crashes += result.crashes.len();
+            k.recovered += result.crashes.iter().filter(|c| c.recovered).count();
+        });
         kr.tests.push(result);
         if let Some(why) = abort {
             kr.harness_error = Some(why.clone());
@@ -982,6 +1081,29 @@ async fn cycles(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_line_shows_a_bar_per_kernel() {
+        let board = [
+            KernelStatus {
+                kernel: "6.12.117+deb12-amd64".into(),
+                done: 3,
+                total: 12,
+                crashes: 1,
+                recovered: 1,
+            },
+            KernelStatus {
+                kernel: "6.1.0-57-amd64".into(),
+                total: 0,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            Reporter::status(&board),
+            "6.12.117 [###---------] 3/12 crashes 1 recovered 1 | \
+             6.1.0-57-amd64 [------------] 0/0 crashes 0 recovered 0"
+        );
+    }
 
     #[test]
     fn shards_parse() {

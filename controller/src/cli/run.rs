@@ -78,6 +78,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         images_dir: args.image_dir.unwrap_or_else(image::default_images_dir),
         progress: if args.quiet {
             Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Progress::Bars
         } else {
             Progress::Lines
         },
