@@ -115,14 +115,7 @@ impl Guest {
 
     /// Loads the module under test.
     pub async fn load_module(&mut self) -> Result<Outcome, GuestError> {
-        let r = self
-            .client
-            .load_module(vexfs_proto::LoadModuleRequest {
-                path: self.module.path.clone(),
-                params: self.module.params.clone(),
-            })
-            .await?;
-        Ok(module_outcome(&r))
+        Ok(load_module(&mut self.client, &self.module).await?.0)
     }
 
     /// Runs a command in the guest.
@@ -332,6 +325,21 @@ impl Guest {
             _ => (false, false),
         }
     }
+}
+
+/// Loads `module` through `client`; a module already loaded counts as loaded. Returns
+/// the outcome and the agent's reply (for its detail).
+pub(crate) async fn load_module(
+    client: &mut AgentClient,
+    module: &ModuleSpec,
+) -> Result<(Outcome, vexfs_proto::ModuleReply), ClientError> {
+    let r = client
+        .load_module(vexfs_proto::LoadModuleRequest {
+            path: module.path.clone(),
+            params: module.params.clone(),
+        })
+        .await?;
+    Ok((module_outcome(&r), r))
 }
 
 fn module_outcome(r: &vexfs_proto::ModuleReply) -> Outcome {

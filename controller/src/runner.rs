@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vexfs_proto::{
-    ExecRequest, LoadModuleRequest, ModuleOutcome, SampleRequest, UnloadModuleRequest,
-};
+use vexfs_proto::{ExecRequest, ModuleOutcome, SampleRequest, UnloadModuleRequest};
 
 use crate::client::AgentClient;
 use crate::guest::{self, CrashContext, Guest, ModuleSpec};
@@ -821,17 +819,10 @@ async fn sunreclaim(client: &mut AgentClient) -> Result<f64, String> {
 
 /// Loads the module under test; one already loaded counts as loaded.
 async fn load(client: &mut AgentClient, module: &ModuleSpec) -> Result<(), String> {
-    let r = client
-        .load_module(LoadModuleRequest {
-            path: module.path.clone(),
-            params: module.params.clone(),
-        })
-        .await
-        .map_err(|e| format!("load: {e}"))?;
-    if r.outcome == ModuleOutcome::Ok as i32 || r.detail.contains("exists") {
-        Ok(())
-    } else {
-        Err(format!("load: {}", r.detail))
+    match guest::load_module(client, module).await {
+        Ok((crate::recovery::Outcome::Succeeded, _)) => Ok(()),
+        Ok((_, reply)) => Err(format!("load: {}", reply.detail)),
+        Err(e) => Err(format!("load: {e}")),
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use vexfs_proto::{ExecRequest, LoadModuleRequest, StreamRequest, event};
 
+use vexfs_controller::vm::image::Manifest;
+
 use super::{boot, config, manifest, rt, serial};
 
 /// (fault, text its report must contain); `None` kernels: all.
@@ -31,9 +33,8 @@ const FAULTS: &[(&str, &str, Option<&str>)] = &[
     ("bug", "kernel BUG at", None),
 ];
 
-async fn faults_on(kernel: &str) {
-    let m = manifest(Some(kernel));
-    let (vm, mut client, _, _) = boot(&config(&m)).await;
+/// Loads the image's module under test and asserts it loaded.
+async fn load_vexfs(client: &mut vexfs_controller::client::AgentClient, m: &Manifest) {
     let r = client
         .load_module(LoadModuleRequest {
             path: m.module_path_in_guest.clone(),
@@ -47,6 +48,12 @@ async fn faults_on(kernel: &str) {
         "{}",
         r.detail
     );
+}
+
+async fn faults_on(kernel: &str) {
+    let m = manifest(Some(kernel));
+    let (vm, mut client, _, _) = boot(&config(&m)).await;
+    load_vexfs(&mut client, &m).await;
     let mut stream = client
         .stream_events(StreamRequest {
             disable_counters: true,
@@ -152,19 +159,7 @@ fn guest_log_line_streams_module_reloads_and_mounts_through_exec() {
         .expect("the guest's line never reached the stream");
         assert!(seen > 0);
         let path = m.module_path_in_guest.clone();
-        let load = client
-            .load_module(LoadModuleRequest {
-                path: path.clone(),
-                params: String::new(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            load.outcome,
-            vexfs_proto::ModuleOutcome::Ok as i32,
-            "{}",
-            load.detail
-        );
+        load_vexfs(&mut client, &m).await;
         let reload = client
             .reload_module(vexfs_proto::ReloadModuleRequest {
                 name: m.module_name.clone(),
