@@ -448,6 +448,18 @@ pub fn verdict_row(verdict: &Verdict, kernel: &str, ctx: &CrashContext) -> NewCr
             "none",
             "agent died in a live guest".to_string(),
         ),
+        Verdict::VmmHung => (
+            "system_hang",
+            "critical",
+            "vm_restart",
+            "qemu stopped answering (VMM frozen)".to_string(),
+        ),
+        Verdict::BackendDead => (
+            "other",
+            "high",
+            "vm_restart",
+            "vsock backend (vhost-device-vsock) exited".to_string(),
+        ),
         Verdict::Rebooted => (
             "kernel_panic",
             "critical",

@@ -35,6 +35,9 @@ const HANG_EXPLAIN_GRACE: Duration = Duration::from_secs(8);
 /// After other failure verdicts (panic, QEMU exit), how long a report may still
 /// complete (the classifiers flush open reports after IDLE_FLUSH).
 const EXPLAIN_GRACE: Duration = Duration::from_millis(2500);
+/// How long QMP may take to answer query-status before QEMU counts as frozen; QMP
+/// answers from QEMU's main loop, in milliseconds even while the guest is busy.
+const QMP_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a crash report was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -122,6 +125,7 @@ struct State {
     link: Link,
     agent_pid: u32,
     agent_restarted: bool,
+    backend_exited: bool,
     last_seq: Option<u64>,
     /// The last task reported stuck (D-state scan or kernel notice).
     stuck_pid: Option<u32>,
@@ -143,6 +147,7 @@ impl State {
             current_boot_id: self.current_boot_id.clone(),
             link: self.link,
             agent_restarted: self.agent_restarted,
+            backend_exited: self.backend_exited,
         }
     }
 }
@@ -178,6 +183,7 @@ impl Watch {
             link: Link::Up,
             agent_pid,
             agent_restarted: false,
+            backend_exited: false,
             last_seq: None,
             stuck_pid: None,
             seen: HashSet::new(),
@@ -190,7 +196,13 @@ impl Watch {
             tasks.spawn(agent_task(addr, state.clone(), tx.clone(), opts.clone()));
         }
         tasks.spawn(qmp_task(vm, state.clone()));
-        tasks.spawn(exit_task(vm, state.clone()));
+        tasks.spawn(exit_task(vm.exit_watch(), state.clone(), |s, status| {
+            s.qemu_exited = Some(status.code());
+        }));
+        tasks.spawn(exit_task(vm.daemon_exit_watch(), state.clone(), |s, _| {
+            s.backend_exited = true;
+        }));
+        tasks.spawn(qmp_probe_task(vm, state.clone(), opts.timeouts));
         tasks.spawn(judge_task(state.clone(), tx, opts.timeouts));
         Watch {
             state,
@@ -265,7 +277,7 @@ impl Watch {
                         at,
                     });
                 }
-                Observation::Verdict(v) if v.is_failure() => {
+                Observation::Verdict(mut v) if v.is_failure() => {
                     let at = Instant::now();
                     // A silent agent with a console still printing is most often a
                     // kernel stall in the middle of reporting itself.
@@ -285,6 +297,11 @@ impl Watch {
                                     verdict: v,
                                     at,
                                 });
+                            }
+                            // A sharper verdict may follow the first: silence, then
+                            // QMP found not answering (a frozen VMM) or QEMU gone.
+                            Some(Observation::Verdict(later)) if later.is_failure() => {
+                                v = later;
                             }
                             Some(Observation::Verdict(_)) => {}
                             Some(o) => other(o),
@@ -583,16 +600,63 @@ fn qmp_task(vm: &Vm, state: Shared) -> impl std::future::Future<Output = ()> + S
     }
 }
 
-fn exit_task(vm: &Vm, state: Shared) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut exit = vm.exit_watch();
+/// Marks the state with `mark` when the process behind `exit` (QEMU, the vsock
+/// daemon) exits.
+async fn exit_task(
+    mut exit: tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>,
+    state: Shared,
+    mark: fn(&mut State, std::process::ExitStatus),
+) {
+    loop {
+        if let Some(status) = *exit.borrow_and_update() {
+            mark(&mut lock(&state), status);
+            return;
+        }
+        if exit.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// While the agent is late, asks QEMU for its status: a QEMU that does not answer
+/// (SIGSTOPped, its main loop wedged) is a frozen VMM, which a QMP `stop` (a frozen
+/// guest) or a hung kernel is not.
+fn qmp_probe_task(
+    vm: &Vm,
+    state: Shared,
+    timeouts: Timeouts,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let qmp = vm.qmp_handle();
     async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            if let Some(status) = *exit.borrow_and_update() {
-                lock(&state).qemu_exited = Some(status.code());
-                return;
+            tick.tick().await;
+            let late = lock(&state)
+                .last_heartbeat
+                .is_none_or(|t| t.elapsed() >= timeouts.heartbeat * 3);
+            if !late {
+                continue;
             }
-            if exit.changed().await.is_err() {
-                return;
+            // The outer timeout also bounds a write blocked on a full socket buffer.
+            let probe = qmp.execute_timeout("query-status", None, QMP_PROBE_TIMEOUT);
+            let answered = tokio::time::timeout(QMP_PROBE_TIMEOUT, probe).await;
+            let mut s = lock(&state);
+            match answered {
+                Err(_) | Ok(Err(crate::vm::qmp::QmpError::Timeout(_))) => {
+                    if s.qemu_exited.is_none() && s.vm_state != VmState::GuestPanicked {
+                        s.vm_state = VmState::Unknown;
+                    }
+                }
+                Ok(Ok(v)) if s.vm_state == VmState::Unknown => {
+                    let running = v.get("running").and_then(serde_json::Value::as_bool);
+                    s.vm_state = if running == Some(false) {
+                        VmState::Paused
+                    } else {
+                        VmState::Running
+                    };
+                }
+                // Closed or refused: QEMU is exiting, which the exit watch reports.
+                Ok(_) => {}
             }
         }
     }

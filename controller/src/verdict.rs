@@ -62,6 +62,8 @@ pub struct Signals {
     pub link: Link,
     /// The agent restarted (its pid changed) under the same boot id.
     pub agent_restarted: bool,
+    /// The vsock backend daemon (vhost-device-vsock) exited: the agent is unreachable.
+    pub backend_exited: bool,
 }
 
 /// Verdict timeouts.
@@ -106,6 +108,11 @@ pub enum Verdict {
     Rebooted,
     /// The connection broke but the guest is fine (reconnected, same boot id).
     TransportLost,
+    /// Silence, and QEMU itself no longer answers QMP (stopped, wedged): the VMM is
+    /// frozen, not (necessarily) the guest.
+    VmmHung,
+    /// The vsock backend daemon died: the guest may run, but nothing can reach it.
+    BackendDead,
 }
 
 impl Verdict {
@@ -120,6 +127,8 @@ impl Verdict {
             Verdict::VmmDead { .. } => "vmm_dead",
             Verdict::Rebooted => "rebooted",
             Verdict::TransportLost => "transport_lost",
+            Verdict::VmmHung => "vmm_hung",
+            Verdict::BackendDead => "vsock_backend_dead",
         }
     }
 
@@ -154,6 +163,11 @@ pub fn judge(s: &Signals, t: &Timeouts) -> Verdict {
     if s.vm_state == VmState::Shutdown {
         return Verdict::VmmDead { code: None };
     }
+    // Without its daemon the agent is unreachable for good: waiting for silence would
+    // only delay the relaunch.
+    if s.backend_exited {
+        return Verdict::BackendDead;
+    }
     let silent = |age: Option<Duration>| age.is_none_or(|a| a >= t.silence);
     let hb_silent = silent(s.since_heartbeat);
     if !hb_silent {
@@ -169,6 +183,9 @@ pub fn judge(s: &Signals, t: &Timeouts) -> Verdict {
     }
     if s.vm_state == VmState::Paused {
         return Verdict::GuestHung;
+    }
+    if s.vm_state == VmState::Unknown {
+        return Verdict::VmmHung;
     }
     // The console is older than the last heartbeat, or silent too: the whole guest
     // stopped. A console that kept moving after the agent fell silent means the kernel
@@ -200,6 +217,7 @@ mod tests {
             current_boot_id: "a".into(),
             link: Link::Up,
             agent_restarted: false,
+            backend_exited: false,
         }
     }
 
@@ -255,6 +273,26 @@ mod tests {
         assert_eq!(judge(&s, &t), Verdict::TransportLost);
         assert!(!Verdict::TransportLost.is_failure());
         assert!(Verdict::GuestHung.is_failure());
+    }
+
+    #[test]
+    fn frozen_vmm_and_dead_backend_are_their_own_verdicts() {
+        let t = Timeouts::default();
+        // QMP does not answer: fine while heartbeats come (a slow QMP), frozen VMM once
+        // the agent is silent too.
+        let mut s = healthy();
+        s.vm_state = VmState::Unknown;
+        assert_eq!(judge(&s, &t), Verdict::Healthy);
+        s.since_heartbeat = secs(11);
+        assert_eq!(judge(&s, &t), Verdict::VmmHung);
+        assert!(Verdict::VmmHung.is_failure());
+        // The daemon died: no need to wait for silence.
+        let mut s = healthy();
+        s.backend_exited = true;
+        assert_eq!(judge(&s, &t), Verdict::BackendDead);
+        // QEMU dying with it is the bigger fact.
+        s.qemu_exited = Some(Some(1));
+        assert_eq!(judge(&s, &t), Verdict::VmmDead { code: Some(1) });
     }
 
     #[test]

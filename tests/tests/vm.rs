@@ -10,6 +10,8 @@
 mod faults;
 #[path = "vm/recovery.rs"]
 mod recovery;
+#[path = "vm/reliability.rs"]
+mod reliability;
 #[path = "vm/runner.rs"]
 mod runner;
 

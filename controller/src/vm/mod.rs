@@ -23,6 +23,7 @@ pub mod vsock_backend;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -315,7 +316,7 @@ pub struct Vm {
     started: Instant,
     console: Console,
     agent_addr: Option<Address>,
-    qmp: Option<Qmp>,
+    qmp: Option<Arc<Qmp>>,
     guest: watch::Receiver<GuestEvents>,
     guest_task: Option<tokio::task::JoinHandle<()>>,
     qemu: Option<ChildGroup>,
@@ -456,7 +457,7 @@ impl Vm {
                 }
             }
         }));
-        vm.qmp = Some(qmp);
+        vm.qmp = Some(Arc::new(qmp));
         Ok(vm)
     }
 
@@ -518,6 +519,11 @@ impl Vm {
         self.qmp.as_ref().expect("qmp is set once launched")
     }
 
+    /// A shared handle on the QMP connection, for tasks that outlive a borrow.
+    pub fn qmp_handle(&self) -> Arc<Qmp> {
+        self.qmp.clone().expect("qmp is set once launched")
+    }
+
     /// The agent's address, when the VM has vsock and a known agent port.
     pub fn agent_address(&self) -> Option<&Address> {
         self.agent_addr.as_ref()
@@ -531,6 +537,15 @@ impl Vm {
     /// The vsock daemon's pid, when there is one.
     pub fn daemon_pid(&self) -> Option<i32> {
         self.daemon.as_ref().map(|d| d.group().pid())
+    }
+
+    /// A receiver that turns `Some(status)` the moment the vsock daemon exits (never,
+    /// when the guest has no daemon).
+    pub fn daemon_exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
+        match &self.daemon {
+            Some(d) => d.group().exit_watch(),
+            None => watch::channel(None).1,
+        }
     }
 
     /// A receiver that turns `Some(status)` the moment QEMU exits.

@@ -15,10 +15,10 @@ use vexfs_controller::vm::image::Manifest;
 use super::{config, manifest, rt, serial};
 
 /// A booted 6.12 guest with vexfs loaded, a fresh database and a run.
-struct Bench {
-    guest: Guest,
-    store: Store,
-    ctx: CrashContext,
+pub(crate) struct Bench {
+    pub(crate) guest: Guest,
+    pub(crate) store: Store,
+    pub(crate) ctx: CrashContext,
     _dir: tempfile::TempDir,
 }
 
@@ -31,7 +31,7 @@ fn module(m: &Manifest) -> ModuleSpec {
     }
 }
 
-async fn bench(test: &str, opts: WatchOptions) -> Bench {
+pub(crate) async fn bench(test: &str, opts: WatchOptions) -> Bench {
     let m = manifest(None);
     let guest = Guest::boot(config(&m), module(&m), opts)
         .await
@@ -61,7 +61,7 @@ async fn bench(test: &str, opts: WatchOptions) -> Bench {
 }
 
 /// Fires a fault from a child shell in the background (the writer may never return).
-fn fire(b: &Bench, fault: &str) {
+pub(crate) fn fire(b: &Bench, fault: &str) {
     fire_cmd(
         b,
         &format!("echo {fault} > /sys/kernel/debug/vexfs/trigger"),
@@ -69,7 +69,7 @@ fn fire(b: &Bench, fault: &str) {
 }
 
 /// Runs a shell command in the guest in the background.
-fn fire_cmd(b: &Bench, cmd: &str) {
+pub(crate) fn fire_cmd(b: &Bench, cmd: &str) {
     let mut client = b.guest.client().with_call_timeout(Duration::from_secs(120));
     let cmd = cmd.to_string();
     tokio::spawn(async move {
@@ -84,7 +84,7 @@ fn fire_cmd(b: &Bench, cmd: &str) {
 }
 
 /// Waits for the first incident and turns it into a crash row.
-async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, Instant) {
+pub(crate) async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, Instant) {
     match b.guest.watch().next_incident(within, |_| {}).await {
         Some(i) => (
             guest::incident_row(&i, &b.guest.health.kernel_release, &b.ctx),
@@ -98,7 +98,7 @@ async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, Instant) {
 }
 
 /// Handles the crash and checks what every recovery must leave behind.
-async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Handled {
+pub(crate) async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Handled {
     let h = guest::handle_crash(
         &mut b.guest,
         &mut b.store,
@@ -143,7 +143,7 @@ async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Handled {
     h
 }
 
-fn actions(h: &Handled) -> Vec<&'static str> {
+pub(crate) fn actions(h: &Handled) -> Vec<&'static str> {
     h.steps.iter().map(|(_, a, _, _)| a.name()).collect()
 }
 

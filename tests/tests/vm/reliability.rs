@@ -1,0 +1,195 @@
+//! The harness under faults of its own: a stream cut a hundred times, a frozen VMM, a
+//! dead vsock daemon, a guest that never boots, a module that will not unload, full
+//! disks. Each gives the right verdict and recovery, or a clear error, loses nothing,
+//! and leaves no process behind.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio_stream::StreamExt;
+use vexfs_controller::client::AgentClient;
+use vexfs_controller::recovery::{Fate, Level};
+use vexfs_controller::supervisor::WatchOptions;
+use vexfs_controller::verdict::Timeouts;
+use vexfs_proto::{ExecRequest, StreamRequest, event};
+
+use super::recovery::{actions, bench, first_crash, recover};
+use super::{assert_no_orphans, boot, config, manifest, rt, serial};
+
+/// A small deterministic generator: the schedule of cuts is the same on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Starts a guest shell that writes numbered debug-level lines to /dev/kmsg as fast as
+/// it can (one open per line: /dev/kmsg rate-limits per open file). Level 7 stays off
+/// the console. Padding fills the ring quickly so a paused reader loses records.
+fn start_logger(client: &AgentClient) {
+    let mut client = client.clone().with_call_timeout(Duration::from_secs(600));
+    let pad = "p".repeat(300);
+    let script =
+        format!("i=0; while :; do echo \"<7>vexfs-soak $i {pad}\" > /dev/kmsg; i=$((i+1)); done");
+    tokio::spawn(async move {
+        let _ = client
+            .exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), script],
+                timeout_ms: 500_000,
+                ..Default::default()
+            })
+            .await;
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn hundred_stream_cuts_lose_and_duplicate_nothing() {
+    let _one = serial();
+    rt().block_on(async {
+        let m = manifest(None);
+        let (vm, client, _, _) = boot(&config(&m)).await;
+        let addr = vm.agent_address().unwrap().clone();
+        start_logger(&client);
+        let mut rng = Lcg(7);
+        let (mut next, mut delivered, mut lost, mut gaps_after_pause) = (0u64, 0u64, 0u64, 0);
+        let mut soak_lines = 0u64;
+        for cut in 0..100 {
+            // Every tenth cut the reader stays away long enough for the ring to wrap.
+            let paused = cut % 10 == 9;
+            if paused {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let mut c = AgentClient::connect(&addr).await.unwrap();
+            let mut stream = c
+                .stream_events(StreamRequest {
+                    from_seq: next,
+                    heartbeat_ms: 1000,
+                    disable_counters: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("cut {cut}: stream: {e}"));
+            let want = 1 + rng.below(400);
+            let mut got = 0;
+            let mut first = true;
+            while got < want {
+                let ev = tokio::time::timeout(Duration::from_secs(20), stream.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("cut {cut}: no event in 20 s"))
+                    .unwrap_or_else(|| panic!("cut {cut}: stream ended"))
+                    .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+                match ev.kind {
+                    Some(event::Kind::Kmsg(r)) => {
+                        assert_eq!(r.seq, next, "cut {cut}: record out of sequence");
+                        next += 1;
+                        got += 1;
+                        delivered += 1;
+                        soak_lines += u64::from(r.text.starts_with("vexfs-soak "));
+                    }
+                    Some(event::Kind::Gap(g)) => {
+                        assert_eq!(g.from, next, "cut {cut}: gap must start where we are");
+                        assert!(g.to >= g.from, "cut {cut}: empty gap {g:?}");
+                        lost += g.to - g.from + 1;
+                        next = g.to + 1;
+                        gaps_after_pause += usize::from(paused && first);
+                    }
+                    _ => {}
+                }
+                first = false;
+            }
+            // The cut: the connection drops mid-stream, with records in flight.
+            drop(stream);
+            drop(c);
+        }
+        eprintln!(
+            "100 cuts: {delivered} records delivered in sequence, {lost} overwritten and \
+             reported as gaps ({gaps_after_pause} of 10 pauses wrapped the ring), \
+             {soak_lines} logger lines"
+        );
+        assert!(soak_lines > 1000, "the logger barely ran: {soak_lines}");
+        assert!(
+            gaps_after_pause > 0,
+            "no pause ever wrapped the ring: gaps untested"
+        );
+        let run_dir = vm.run_dir().display().to_string();
+        vm.kill();
+        assert_no_orphans(&run_dir);
+    });
+}
+
+/// Hang verdicts quickly: these faults give no kernel report to wait for.
+fn quick_silence() -> WatchOptions {
+    WatchOptions {
+        timeouts: Timeouts {
+            heartbeat: Duration::from_secs(1),
+            silence: Duration::from_secs(4),
+        },
+        ..Default::default()
+    }
+}
+
+fn signal(pid: i32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn sigstopped_qemu_is_a_frozen_vmm_and_relaunched() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("qemu-sigstop", quick_silence()).await;
+        let vm = b.guest.vm().unwrap();
+        let (pid, run_dir) = (vm.qemu_pid().unwrap(), vm.run_dir().display().to_string());
+        let old_boot = b.guest.health.boot_id.clone();
+        signal(pid, Signal::SIGSTOP);
+        let (crash, at) = first_crash(&mut b, Duration::from_secs(30)).await;
+        assert_eq!(crash.verdict, "vmm_hung", "{}", crash.title);
+        assert_eq!(crash.category, "system_hang");
+        let h = recover(&mut b, crash, at).await;
+        // A stopped QEMU cannot reset its guest: it is killed and the VM relaunched.
+        assert!(actions(&h).contains(&"relaunch_vm"), "{:?}", actions(&h));
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+        assert_ne!(b.guest.health.boot_id, old_boot);
+        // The stopped QEMU and its daemon are gone (SIGKILL reaches a stopped process).
+        assert_no_orphans(&run_dir);
+    });
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn vsock_daemon_killed_is_a_dead_backend_and_relaunched() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("vsock-daemon-kill", WatchOptions::default()).await;
+        let vm = b.guest.vm().unwrap();
+        let pid = vm.daemon_pid().expect("guest runs with vhost-device-vsock");
+        let run_dir = vm.run_dir().display().to_string();
+        let killed = Instant::now();
+        signal(pid, Signal::SIGKILL);
+        let (crash, at) = first_crash(&mut b, Duration::from_secs(20)).await;
+        // Told from the daemon's exit, not from ten seconds of silence.
+        assert!(at - killed < Duration::from_secs(2), "{:?}", at - killed);
+        assert_eq!(crash.verdict, "vsock_backend_dead", "{}", crash.title);
+        let h = recover(&mut b, crash, at).await;
+        // The guest still runs: its state is captured (sysrq over QMP) before the
+        // relaunch that brings a new daemon.
+        assert_eq!(actions(&h)[..2], ["collect_forensics", "relaunch_vm"]);
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+        let new_daemon = b.guest.vm().unwrap().daemon_pid().unwrap();
+        assert_ne!(new_daemon, pid);
+        assert_no_orphans(&run_dir);
+    });
+}
