@@ -156,7 +156,20 @@ impl Control {
         let outcome = self
             .guarded(move || nix::kmod::delete_module(&cname, flags), deadline)
             .await;
+        let busy = matches!(outcome, Some(Err(Errno::EAGAIN | Errno::EBUSY)));
         let mut reply = self.reply(outcome, "unload", Some(name), started);
+        // O_NONBLOCK turns "in use" into EAGAIN, whose text ("Try again") misleads.
+        if busy && let Some(m) = &reply.module {
+            let holders = if m.holders.is_empty() {
+                String::new()
+            } else {
+                format!(", held by {}", m.holders.join(", "))
+            };
+            reply.detail = format!(
+                "unload: {name} is in use (refcount {}{holders}): unmount it or stop its users first",
+                m.refcount
+            );
+        }
         if reply.outcome == ModuleOutcome::Ok as i32 && reply.module.is_some() {
             reply.outcome = ModuleOutcome::VerifyFailed as i32;
             reply.detail = format!("{name} is still listed in /proc/modules after unload");

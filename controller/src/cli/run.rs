@@ -11,7 +11,7 @@ use crate::report;
 use crate::runner::{self, Progress, RunConfig};
 use crate::vm::image;
 
-use super::{EXIT_FAILURES, EXIT_OK};
+use super::{EXIT_FAILURES, EXIT_HARNESS, EXIT_OK};
 
 /// Arguments of `vexctl run`.
 #[derive(Debug, Args)]
@@ -102,9 +102,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         db.display(),
         results.run_id
     );
-    Ok(if results.all_ok() {
-        EXIT_OK
-    } else {
-        EXIT_FAILURES
-    })
+    // A kernel the harness could not test (a guest that never booted, a database it
+    // could not write) makes the results incomplete: that is the harness's failure.
+    Ok(
+        if results.kernels.iter().any(|k| k.harness_error.is_some()) {
+            EXIT_HARNESS
+        } else if results.all_ok() {
+            EXIT_OK
+        } else {
+            EXIT_FAILURES
+        },
+    )
 }

@@ -87,6 +87,25 @@ pub enum VmError {
         /// Last console lines.
         tail: String,
     },
+    /// The guest kernel panicked while booting, before the agent came up (a bad
+    /// command line, no init, a broken initramfs): no retry can help.
+    #[error("guest kernel panicked while booting: {line}; last output:\n{tail}")]
+    BootPanicked {
+        /// The panic line.
+        line: String,
+        /// Last console lines.
+        tail: String,
+    },
+    /// The agent never reported listening within the boot timeout.
+    #[error(
+        "guest did not boot within {waited:?}: the agent never said it listens on vsock; last output:\n{tail}"
+    )]
+    NeverBooted {
+        /// How long we waited.
+        waited: Duration,
+        /// Last console lines.
+        tail: String,
+    },
     /// The VM has no vsock device, so no agent address.
     #[error("vm has no vsock device")]
     NoVsock,
@@ -578,7 +597,7 @@ impl Vm {
             "waiting for the agent to listen on vsock",
             self.await_agent_listening(timeout),
         )
-        .await?;
+        .await??;
         let timeout = timeout.saturating_sub(start.elapsed());
         let mut guest = self.guest.clone();
         let healthy = AgentClient::connect_healthy(&addr, timeout);
@@ -616,24 +635,38 @@ impl Vm {
     /// has set up its vsock queues (after a reset, and on a first boot too) hangs, and
     /// so does every later one (measured). So wait for the agent's "listening on
     /// vsock" console line before the first connect.
-    async fn await_agent_listening(&self, timeout: Duration) {
+    async fn await_agent_listening(&self, timeout: Duration) -> Result<(), VmError> {
         if self.daemon.is_none() {
-            return;
+            return Ok(());
         }
         // The first boot is no different: a CONNECT that reaches the daemon before the
         // guest's vsock is up hangs it the same way (seen twice in ~60 boots), so on
-        // every boot wait for the agent's own "listening on vsock" line first.
+        // every boot wait for the agent's own "listening on vsock" line first. A panic
+        // on the way (pvpanic is not loaded yet) ends the wait at once.
         let since = self.guest.borrow().last_reset_at.unwrap_or(Duration::ZERO);
         let line = self
             .console
             .wait_for(timeout, |l| {
                 l.source == Source::Serial
                     && l.since_start >= since
-                    && l.text.contains("listening on vsock")
+                    && (l.text.contains("listening on vsock")
+                        || l.text.contains("Kernel panic - not syncing"))
             })
             .await;
-        if line.is_none() {
-            tracing::warn!("the agent never said it listens on vsock; connecting anyway");
+        match line {
+            Some(l) if l.text.contains("listening on vsock") => Ok(()),
+            Some(l) => {
+                // Let the console reader catch the rest of the panic report.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(VmError::BootPanicked {
+                    line: l.text.trim().to_string(),
+                    tail: self.output_tail(30),
+                })
+            }
+            None => Err(VmError::NeverBooted {
+                waited: timeout,
+                tail: self.output_tail(30),
+            }),
         }
     }
 

@@ -8,12 +8,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio_stream::StreamExt;
 use vexfs_controller::client::AgentClient;
-use vexfs_controller::recovery::{Fate, Level};
+use vexfs_controller::guest;
+use vexfs_controller::recovery::{Fate, Level, Outcome};
+use vexfs_controller::store::Store;
 use vexfs_controller::supervisor::WatchOptions;
+use vexfs_controller::trend;
 use vexfs_controller::verdict::Timeouts;
-use vexfs_proto::{ExecRequest, StreamRequest, event};
+use vexfs_proto::{ExecRequest, ModuleOutcome, StreamRequest, UnloadModuleRequest, event};
 
 use super::recovery::{actions, bench, first_crash, recover};
+use super::runner::vexctl;
 use super::{assert_no_orphans, boot, config, manifest, rt, serial};
 
 /// A small deterministic generator: the schedule of cuts is the same on every run.
@@ -191,5 +195,132 @@ fn vsock_daemon_killed_is_a_dead_backend_and_relaunched() {
         let new_daemon = b.guest.vm().unwrap().daemon_pid().unwrap();
         assert_ne!(new_daemon, pid);
         assert_no_orphans(&run_dir);
+    });
+}
+
+/// Asserts that no process still belongs to the VMs of controller `pid` (their run
+/// dirs are named after it).
+fn assert_no_vm_of(pid: u32) {
+    assert_no_orphans(&format!("vexfs-vm-{pid}-"));
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn guest_that_never_boots_is_a_clear_harness_error() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    // No init to run: the kernel falls back to mounting a root it does not have.
+    std::fs::write(
+        &plan,
+        "name = \"never-boots\"\nkernels = [\"latest-6.12\"]\n\n[guest]\ncmdline = [\"rdinit=/nonexistent\"]\n\n[[test]]\nname = \"t\"\nsteps = [\"load\"]\n",
+    )
+    .unwrap();
+    let db = dir.path().join("crashes.db");
+    let started = Instant::now();
+    let json = dir.path().join("results.json");
+    let child = std::process::Command::new(vexctl())
+        .args(["run", "--plan"])
+        .arg(&plan)
+        .arg("--json")
+        .arg(&json)
+        .arg("--db")
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exit 2: the harness could not test; not a test failure.
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("guest kernel panicked while booting")
+            && text.contains("VFS: Unable to mount root fs"),
+        "{text}"
+    );
+    // Told from the console's panic line, not from the 90 s boot timeout.
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let kernel = &results["kernels"][0];
+    assert!(
+        kernel["harness_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("VFS: Unable to mount root fs")),
+        "{kernel}"
+    );
+    assert_eq!(kernel["tests"][0]["status"], "error", "{kernel}");
+    assert_no_vm_of(pid);
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn module_that_will_not_unload_escalates_to_a_restart() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("busy-unload", WatchOptions::default()).await;
+        // A mounted vexfs holds a reference: delete_module says EBUSY, every time.
+        let hold = "mkdir -p /mnt/busy && mount -t vexfs none /mnt/busy";
+        let r = b
+            .guest
+            .exec(&["sh", "-c", hold], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+        let reply = b
+            .guest
+            .client()
+            .unload_module(UnloadModuleRequest {
+                name: "vexfs".into(),
+                deadline_ms: 2000,
+                force: false,
+            })
+            .await
+            .unwrap();
+        assert_ne!(reply.outcome, ModuleOutcome::Ok as i32, "{reply:?}");
+        assert!(
+            reply.detail.contains("in use") || reply.detail.contains("busy"),
+            "unclear refusal: {reply:?}"
+        );
+        // A leak calls for a graceful unload-cleanup-reload, which cannot happen here.
+        let leaks = [trend::Trend {
+            name: "SUnreclaim".into(),
+            unit: "kB".into(),
+            slope: 64.0,
+            lower: 60.0,
+            upper: 68.0,
+            n: 16,
+            growth_lower: 960.0,
+            leaking: true,
+        }];
+        let crash = guest::leak_row(&leaks, "vexfs", "mount", b.guest.kernel(), &b.ctx);
+        let old_boot = b.guest.health.boot_id.clone();
+        let h = recover(&mut b, crash, Instant::now()).await;
+        let unloads: Vec<_> = h
+            .steps
+            .iter()
+            .filter(|(_, a, _, _)| a.name() == "unload_module")
+            .map(|(_, _, o, _)| *o)
+            .collect();
+        // Level 1 tried (with backoff between attempts), failed every time, and the
+        // ladder escalated to a restart, which frees the module with the guest.
+        assert!(unloads.len() >= 2, "{:?}", actions(&h));
+        assert!(
+            unloads.iter().all(|o| *o != Outcome::Succeeded),
+            "{unloads:?}"
+        );
+        assert!(actions(&h).contains(&"backoff"), "{:?}", actions(&h));
+        assert_eq!(
+            (h.level, h.fate),
+            (Level::SystemReset, Fate::RestartRequired)
+        );
+        assert_ne!(b.guest.health.boot_id, old_boot);
     });
 }

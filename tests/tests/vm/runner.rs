@@ -137,7 +137,7 @@ steps = [{ mount = { target = "/mnt/z" } }, { unmount = "/mnt/z" }]
 "#;
 
 /// The vexctl binary next to this test's executable (built by scripts/test.sh).
-fn vexctl() -> std::path::PathBuf {
+pub(crate) fn vexctl() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("vexctl");
     assert!(
