@@ -477,6 +477,7 @@ async fn run_kernel(
         }
         if let Some(why) = &aborted {
             let r = error_result(test, why);
+            // Best effort: when the database is what failed, resume re-runs the test.
             let _ = store.set_test_status(test_id, "error", why);
             kr.tests.push(r);
             continue;
@@ -487,13 +488,24 @@ async fn run_kernel(
             test_name: test.name.clone(),
             test_crashes: 0,
         };
-        let _ = store.set_test_status(test_id, "running", "");
-        let (result, recovery_ms, abort) =
+        // A database that cannot take a status cannot take crashes either: stop this
+        // kernel rather than run tests whose results would be lost.
+        if let Err(e) = store.set_test_status(test_id, "running", "") {
+            let why = format!("{}: {e}", db.display());
+            kr.tests.push(error_result(test, &why));
+            kr.harness_error = Some(why.clone());
+            aborted = Some(why);
+            continue;
+        }
+        let (result, recovery_ms, mut abort) =
             run_test(&mut guest, &mut store, test, ctx, &mut crash_counts, plan).await;
         kr.time_recovery_ms += recovery_ms;
         kr.time_tests_ms += result.duration_ms.saturating_sub(recovery_ms);
         let status = status_name(result.status);
-        let _ = store.set_test_status(test_id, status, &result.message);
+        if let Err(e) = store.set_test_status(test_id, status, &result.message) {
+            // The test stays "running" in the database, so a resume runs it again.
+            abort.get_or_insert(format!("{}: {e}", db.display()));
+        }
         let crash = result
             .crashes
             .first()
@@ -747,6 +759,24 @@ async fn run_test(
                     }
                 }
                 Err(e) => {
+                    // Not in the database (most likely it could not be written): keep
+                    // the crash in the results and on stderr, whatever the progress mode.
+                    eprintln!(
+                        "vexctl: crash not recorded ({e}): {} [{}]\n{}",
+                        row.title, row.category, row.report
+                    );
+                    result.crashes.push(CrashSummary {
+                        id: 0,
+                        category: row.category.clone(),
+                        severity: row.severity.clone(),
+                        title: row.title.clone(),
+                        expected,
+                        recovery_level: 0,
+                        fate: "not_recorded".into(),
+                        recovery_ms: 0,
+                        recovered: false,
+                        report: row.report.clone(),
+                    });
                     result.status = TestStatus::Error;
                     result.message = format!("handling crash {}: {e}", row.title);
                     abort = Some(result.message.clone());

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// SQLite failed (disk full, corrupt file, locked, ...).
-    #[error("crash database: {0}")]
+    #[error("crash database: {}", sqlite_reason(.0))]
     Sqlite(#[from] rusqlite::Error),
     /// The database was written by a newer vexctl.
     #[error("crash database schema version {found} is newer than this vexctl knows ({known})")]
@@ -252,6 +252,18 @@ pub struct Stats {
     /// Tests that finished (passed, failed or crashed-and-recorded) after a recovery in
     /// their run, as a fraction of tests scheduled after a recovery.
     pub test_continuity: f64,
+}
+
+/// SQLite's text for a full disk says "database or disk is full" twice and not what
+/// to do; everything else is clear enough as it is.
+fn sqlite_reason(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => "the disk is full (SQLITE_FULL), nothing more \
+            can be recorded: free space, then `vexctl run --resume RUN` picks up where the \
+            run stopped"
+            .into(),
+        _ => e.to_string(),
+    }
 }
 
 /// The crash database.

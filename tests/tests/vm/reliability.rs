@@ -324,3 +324,244 @@ fn module_that_will_not_unload_escalates_to_a_restart() {
         assert_ne!(b.guest.health.boot_id, old_boot);
     });
 }
+
+/// A small tmpfs of its own, unmounted on drop (mounting needs root, which the VM
+/// tests have: /dev/kvm, vhost).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the full-disk test mounts a tmpfs: run as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs failed");
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the disk says ENOSPC.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0xa5u8; 4096];
+        loop {
+            match f.write_all(&block) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling: {e}"),
+            }
+        }
+        let _ = f.flush();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+const DISK_FULL_PLAN: &str = r#"
+name = "db-disk-full"
+kernels = ["latest-6.12"]
+
+[[test]]
+name = "first"
+timeout_s = 60
+steps = ["load", { exec = { cmd = "sleep 4" } }]
+
+[[test]]
+name = "crash"
+timeout_s = 60
+expect_crash = "NULL pointer dereference in vexfs_fault_null"
+steps = [{ trigger = "null" }]
+
+[[test]]
+name = "last"
+timeout_s = 60
+steps = [{ exec = { cmd = "true" } }]
+"#;
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn database_disk_full_stops_clearly_and_resume_loses_nothing() {
+    let _one = serial();
+    let disk = SmallDisk::mount("2m");
+    let db = disk.path().join("crashes.db");
+    let plan = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(plan.path(), DISK_FULL_PLAN).unwrap();
+    let child = std::process::Command::new(vexctl())
+        .args(["run", "--plan"])
+        .arg(plan.path())
+        .arg("--db")
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Fill the disk while the first test runs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the first test never started");
+        std::thread::sleep(Duration::from_millis(100));
+        let running = Store::open(&db)
+            .and_then(|s| s.tests(1))
+            .is_ok_and(|t| t.iter().any(|t| t.2 == "first" && t.3 == "running"));
+        if running {
+            break;
+        }
+    }
+    disk.fill();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("the disk is full"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert_no_vm_of(pid);
+    // Space again: the resumed run finishes, and the crash that happened while the disk
+    // was full is in the database now.
+    disk.free();
+    let out = std::process::Command::new(vexctl())
+        .args(["run", "--quiet", "--resume", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let store = Store::open(&db).unwrap();
+    let status: Vec<(String, String)> = store
+        .tests(1)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.2, t.3))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("first".to_string(), "passed".to_string()),
+            ("crash".into(), "passed".into()),
+            ("last".into(), "passed".into())
+        ]
+    );
+    let crashes = store.crashes(Some(1), 100).unwrap();
+    assert!(
+        crashes.iter().any(|c| c
+            .crash
+            .title
+            .contains("NULL pointer dereference in vexfs_fault_null")),
+        "{crashes:?}"
+    );
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn guest_disk_full_fails_the_workload_not_the_harness() {
+    let _one = serial();
+    rt().block_on(async {
+        let mut b = bench("guest-disk-full", WatchOptions::default()).await;
+        // The guest's root is the initramfs on tmpfs (half the RAM): fill it.
+        let fill = "dd if=/dev/zero of=/fill bs=1M 2>&1";
+        let r = b
+            .guest
+            .exec(&["sh", "-c", fill], Duration::from_secs(120))
+            .await
+            .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        assert!(out.contains("No space left on device"), "{out}");
+        // A workload that writes fails with the kernel's reason, exit status intact.
+        let r = b
+            .guest
+            .exec(&["sh", "-c", "echo data > /probe"], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_ne!(r.exit_code, 0);
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("No space left on device"),
+            "{r:?}"
+        );
+        // The harness does not need the disk: health, counters, the kernel log stream,
+        // module unload and load, and the smoke test (vexfs lives in memory) all work.
+        let health = b.guest.client().health().await.unwrap();
+        assert_eq!(health.boot_id, b.guest.health.boot_id);
+        b.guest
+            .exec(
+                &["sh", "-c", "echo vexfs-disk-full-marker > /dev/kmsg"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let marker = b
+            .guest
+            .vm()
+            .unwrap()
+            .wait_for_console(Duration::from_secs(10), |l| {
+                l.text.contains("vexfs-disk-full-marker")
+            })
+            .await
+            .unwrap();
+        assert!(marker.is_some(), "kernel log line lost with a full disk");
+        let c = b
+            .guest
+            .client()
+            .sample_counters(Default::default())
+            .await
+            .unwrap();
+        assert!(c.meminfo_kb.contains_key("MemAvailable"), "{c:?}");
+        let unload = b
+            .guest
+            .client()
+            .unload_module(UnloadModuleRequest {
+                name: "vexfs".into(),
+                deadline_ms: 5000,
+                force: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(unload.outcome, ModuleOutcome::Ok as i32, "{unload:?}");
+        assert_eq!(b.guest.load_module().await.unwrap(), Outcome::Succeeded);
+        assert_eq!(b.guest.smoke_test().await, Outcome::Succeeded);
+        assert_eq!(
+            b.guest.watch().verdict(),
+            vexfs_controller::verdict::Verdict::Healthy
+        );
+        // Cleaned up, writes work again.
+        let r = b
+            .guest
+            .exec(
+                &["sh", "-c", "rm /fill && echo data > /probe && cat /probe"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "data", "{r:?}");
+    });
+}
