@@ -248,9 +248,10 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
                 kernels: cfg.kernels.clone(),
                 shard: cfg.shard,
             };
-            let run = store.begin_run(&cfg.plan.name, "{}")?;
-            store.checkpoint(run, &serde_json::to_string(&saved).unwrap_or_default())?;
-            run
+            store.begin_resumable_run(
+                &cfg.plan.name,
+                &serde_json::to_string(&saved).unwrap_or_default(),
+            )?
         }
     };
     let started_at_ms = store::now_ms();

@@ -354,6 +354,17 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Starts a run with its first checkpoint in the same statement, so a controller
+    /// killed at any point leaves either no run or a resumable one.
+    pub fn begin_resumable_run(&self, plan: &str, checkpoint_json: &str) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO runs (started_at_ms, plan, config_json, checkpoint_json) \
+             VALUES (?1, ?2, '{}', ?3)",
+            params![now_ms(), plan, checkpoint_json],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
     /// Saves a run's checkpoint (opaque JSON the runner resumes from).
     pub fn checkpoint(&self, run_id: i64, checkpoint_json: &str) -> Result<()> {
         let n = self.conn.execute(
@@ -737,6 +748,17 @@ mod tests {
         assert_eq!(s.crash(c).unwrap().crash.signature, "b");
         assert!(matches!(s.crash(999), Err(Error::NotFound { .. })));
         assert_eq!(s.crashes(None, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_resumable_run_has_its_checkpoint_from_the_start() {
+        let s = Store::open_in_memory().unwrap();
+        let run = s
+            .begin_resumable_run("plan", r#"{"plan_text":"x"}"#)
+            .unwrap();
+        let (status, checkpoint) = s.run_checkpoint(run).unwrap();
+        assert_eq!(checkpoint, r#"{"plan_text":"x"}"#);
+        assert_eq!(status, "running");
     }
 
     #[test]

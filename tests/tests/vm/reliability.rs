@@ -565,3 +565,143 @@ fn guest_disk_full_fails_the_workload_not_the_harness() {
         assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "data", "{r:?}");
     });
 }
+
+const KILL_PLAN: &str = r#"
+name = "kill-points"
+kernels = ["latest-6.12"]
+
+[[test]]
+name = "first"
+timeout_s = 60
+steps = ["load", { exec = { cmd = "true" } }]
+
+[[test]]
+name = "null"
+timeout_s = 60
+expect_crash = "NULL pointer dereference in vexfs_fault_null"
+steps = [{ trigger = "null" }]
+
+[[test]]
+name = "slow"
+timeout_s = 60
+steps = [{ exec = { cmd = "sleep 3" } }]
+
+[[test]]
+name = "panic"
+timeout_s = 60
+expect_crash = "kernel panic: vexfs: injected panic"
+steps = [{ trigger = "panic" }]
+
+[[test]]
+name = "last"
+timeout_s = 60
+steps = [{ mount = { target = "/mnt/z" } }, { unmount = "/mnt/z" }]
+"#;
+
+/// (id, title) of every crash row of run 1, when there is a database and a run.
+fn crash_rows(db: &std::path::Path) -> Vec<(i64, String)> {
+    Store::open(db)
+        .and_then(|s| s.crashes(Some(1), 1000))
+        .map(|c| c.into_iter().map(|c| (c.id, c.crash.title)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn controller_killed_at_twenty_random_points_resumes_and_loses_no_crash() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crashes.db");
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, KILL_PLAN).unwrap();
+    let mut rng = Lcg(20);
+    let mut seen: std::collections::BTreeMap<i64, String> = Default::default();
+    let (mut kills, mut starts) = (0, 0);
+    let finished = loop {
+        let resumable = Store::open(&db).is_ok_and(|s| s.run_checkpoint(1).is_ok());
+        let mut cmd = std::process::Command::new(vexctl());
+        if resumable {
+            cmd.args(["run", "--quiet", "--resume", "1", "--db"])
+                .arg(&db);
+        } else {
+            cmd.args(["run", "--quiet", "--plan"])
+                .arg(&plan)
+                .arg("--db")
+                .arg(&db);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        starts += 1;
+        if kills == 20 {
+            break child.wait().unwrap();
+        }
+        // Anywhere from the first boot to the recoveries: the plan runs ~30 s.
+        let at = Duration::from_millis(200 + rng.below(14_000));
+        let t0 = Instant::now();
+        let mut exited = None;
+        while t0.elapsed() < at {
+            if let Some(st) = child.try_wait().unwrap() {
+                exited = Some(st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(st) = exited {
+            // The run finished before the kill point: start it over from scratch to
+            // keep killing (a finished run resumes to nothing).
+            assert_eq!(st.code(), Some(0), "run {starts} failed before its kill");
+            std::fs::remove_file(&db).unwrap();
+            seen.clear();
+            continue;
+        }
+        let before = crash_rows(&db);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        assert_no_vm_of(child.id());
+        // Every crash committed before the kill is still there, unchanged.
+        let after: std::collections::BTreeMap<i64, String> = crash_rows(&db).into_iter().collect();
+        seen.extend(before);
+        for (id, title) in &seen {
+            assert_eq!(
+                after.get(id),
+                Some(title),
+                "kill {kills} at {at:?}: crash {id} lost"
+            );
+        }
+        eprintln!(
+            "kill {kills} at {:.1} s: {} crash rows",
+            at.as_secs_f64(),
+            after.len()
+        );
+    };
+    assert_eq!(finished.code(), Some(0), "the final resume failed");
+    let store = Store::open(&db).unwrap();
+    let tests: Vec<(String, String)> = store
+        .tests(1)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.2, t.3))
+        .collect();
+    assert!(
+        tests.iter().all(|(_, status)| status == "passed") && tests.len() == 5,
+        "{tests:?}"
+    );
+    let after: std::collections::BTreeMap<i64, String> = crash_rows(&db).into_iter().collect();
+    for (id, title) in &seen {
+        assert_eq!(after.get(id), Some(title), "crash {id} lost by the end");
+    }
+    for want in ["vexfs_fault_null", "injected panic"] {
+        assert!(
+            after.values().any(|t| t.contains(want)),
+            "{want} never recorded: {after:?}"
+        );
+    }
+    eprintln!(
+        "{kills} kills over {starts} starts; {} crash rows at the end",
+        after.len()
+    );
+}
