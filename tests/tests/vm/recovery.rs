@@ -99,6 +99,7 @@ pub(crate) async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, I
 
 /// Handles the crash and checks what every recovery must leave behind.
 pub(crate) async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Handled {
+    let old_run_dir = b.guest.vm().map(|vm| vm.run_dir().display().to_string());
     let h = guest::handle_crash(
         &mut b.guest,
         &mut b.store,
@@ -116,6 +117,11 @@ pub(crate) async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Hand
         );
     }
     eprintln!("recovery: {:?} {:?} in {:?}", h.level, h.fate, h.duration);
+    // A relaunch leaves nothing of the old VM running (QEMU, its vsock daemon).
+    let new_run_dir = b.guest.vm().map(|vm| vm.run_dir().display().to_string());
+    if let Some(old) = old_run_dir.filter(|old| Some(old) != new_run_dir.as_ref()) {
+        super::assert_no_orphans(&old);
+    }
     let row = b.store.crash(h.crash_id).unwrap();
     assert_eq!(row.crash.title, crash.title);
     assert_eq!(row.crash.run_id, b.ctx.run_id);
