@@ -22,6 +22,18 @@ fn kernel_like_line(seq: u64) -> String {
     )
 }
 
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let records: u64 = std::env::args()
@@ -39,6 +51,7 @@ async fn main() {
     let rss_idle = agent.rss_kib();
 
     // Throughput: drain a backlog of `records` records.
+    let cpu_before = cpu_time(agent.pid());
     let started = Instant::now();
     let mut stream = client
         .stream_events(StreamRequest {
@@ -66,7 +79,30 @@ async fn main() {
         }
     }
     let elapsed = started.elapsed();
+    let drain_cpu = cpu_time(agent.pid()) - cpu_before;
     let rate = records as f64 / elapsed.as_secs_f64();
+
+    // Idle cost: a stream open with heartbeats and counter samples every second, no
+    // kernel log traffic: what the agent costs a guest between crashes.
+    let mut idle_stream = client
+        .stream_events(StreamRequest {
+            from_seq: records,
+            heartbeat_ms: 1000,
+            counters_ms: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("idle stream")
+        .into_inner();
+    let idle_for = Duration::from_secs(10);
+    let cpu_idle_before = cpu_time(agent.pid());
+    let idle_end = Instant::now() + idle_for;
+    let mut idle_events = 0;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(idle_end.into(), idle_stream.next()).await {
+        idle_events += 1;
+    }
+    let idle_cpu = cpu_time(agent.pid()) - cpu_idle_before;
+    drop(idle_stream);
 
     // Latency: append one record at a time and time its arrival on the live stream.
     let mut lat = Vec::new();
@@ -152,6 +188,15 @@ async fn main() {
         "latency (FIFO write -> client, poll wake-up like /dev/kmsg, 200 samples): p50 {:.3} ms, p99 {:.3} ms",
         fpct(0.5).as_secs_f64() * 1e3,
         fpct(0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "agent CPU: {:.2} s for the backlog ({:.2} us/record, {:.0}% of one core while draining); \
+         idle with heartbeats and counters every 1 s: {:.2}% of one core ({idle_events} events in {} s)",
+        drain_cpu.as_secs_f64(),
+        drain_cpu.as_secs_f64() * 1e6 / records as f64,
+        drain_cpu.as_secs_f64() * 100.0 / elapsed.as_secs_f64(),
+        idle_cpu.as_secs_f64() * 100.0 / idle_for.as_secs_f64(),
+        idle_for.as_secs()
     );
     println!(
         "agent RSS: idle {} KiB, while streaming (sampled max) {} KiB, peak (VmHWM) {} KiB",

@@ -1,11 +1,13 @@
 //! Benchmark (not a test): detection and recovery times on a real guest.
 //!
 //! Run: `cargo bench -p vexfs-tests --bench recovery [-- ROUNDS [DB]]` after
-//! `scripts/setup.sh`. Measures, on the newest 6.12 image under the machine's
-//! accelerator: fault → crash row committed (NULL dereference, reported by console and
-//! agent), crash row → recovery decision → agent healthy again (relaunch), and silence
-//! → restart decision for a frozen guest (QMP stop). Keeps the crash database at DB
-//! (default: a temp dir) so `vexctl crashes stats --db DB` shows the same run.
+//! `scripts/setup.sh`; `VEXFS_BENCH_KERNEL=latest-6.1` picks another image (default:
+//! newest 6.12). Measures under the machine's accelerator: fault → crash row committed
+//! (NULL dereference, reported by console and agent), crash row → recovery decision →
+//! agent healthy again (relaunch), then for each fault of the harness itself (QMP stop,
+//! QEMU SIGSTOP, vsock daemon killed, QEMU killed) the time to its verdict and to a
+//! recovered guest. Keeps the crash database at DB (default: a temp dir) so
+//! `vexctl crashes stats --db DB` shows the same run.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,20 @@ use vexfs_controller::store::Store;
 use vexfs_controller::supervisor::WatchOptions;
 use vexfs_controller::vm::VmConfig;
 use vexfs_controller::vm::image;
+
+/// A fault of the harness's own world.
+#[derive(Clone, Copy)]
+enum Fault {
+    QmpStop,
+    Sigstop,
+    DaemonKill,
+    QemuKill,
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
 
 fn stats(name: &str, v: &mut [Duration]) {
     v.sort();
@@ -37,7 +53,8 @@ async fn main() {
         .next()
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tmp.path().join("crashes.db"));
-    let m = image::select_image(&image::default_images_dir(), None)
+    let wanted = std::env::var("VEXFS_BENCH_KERNEL").ok();
+    let m = image::select_image(&image::default_images_dir(), wanted.as_deref())
         .unwrap_or_else(|e| panic!("needs a guest image (scripts/setup.sh): {e}"));
     let module = ModuleSpec {
         name: m.module_name.clone(),
@@ -113,34 +130,50 @@ async fn main() {
         &mut total,
     );
 
-    // Silence: freeze the guest and time the hang decision.
-    let ctx = CrashContext {
-        run_id: Some(run),
-        test_id: Some(store.test_id(run, &m.kernel_release, "freeze").unwrap()),
-        test_name: "freeze".into(),
-        test_crashes: 1,
-    };
-    let frozen = Instant::now();
-    g.vm().unwrap().qmp().stop().await.unwrap();
-    let inc = g
-        .watch()
-        .next_incident(Duration::from_secs(60), |_| {})
-        .await
-        .expect("no hang verdict");
-    let verdict_after = inc.at - frozen;
-    let decided = frozen.elapsed();
-    let row = guest::incident_row(&inc, &m.kernel_release, &ctx);
-    let h = guest::handle_crash(&mut g, &mut store, row, inc.at, &ctx, Policy::default())
-        .await
-        .unwrap();
-    println!(
-        "frozen guest: verdict {} after {:.1} s of silence, restart decision after {:.1} s \
-         (silence 10 s + grace for a kernel report), recovered in {:.1} s",
-        inc.verdict.name(),
-        verdict_after.as_secs_f64(),
-        decided.as_secs_f64(),
-        h.duration.as_secs_f64()
-    );
+    // The harness's own faults: time to the verdict, to the decision (after the grace
+    // for a kernel report), and to a recovered guest.
+    for (name, fault) in [
+        ("frozen guest (QMP stop)", Fault::QmpStop),
+        ("frozen VMM (QEMU SIGSTOP)", Fault::Sigstop),
+        ("vsock daemon killed", Fault::DaemonKill),
+        ("QEMU killed", Fault::QemuKill),
+    ] {
+        let ctx = CrashContext {
+            run_id: Some(run),
+            test_id: Some(store.test_id(run, &m.kernel_release, name).unwrap()),
+            test_name: name.into(),
+            test_crashes: 1,
+        };
+        let vm = g.vm().unwrap();
+        let at = Instant::now();
+        match fault {
+            Fault::QmpStop => vm.qmp().stop().await.unwrap(),
+            Fault::Sigstop => signal(vm.qemu_pid().unwrap(), libc::SIGSTOP),
+            Fault::DaemonKill => signal(vm.daemon_pid().unwrap(), libc::SIGKILL),
+            Fault::QemuKill => signal(vm.qemu_pid().unwrap(), libc::SIGKILL),
+        }
+        let inc = g
+            .watch()
+            .next_incident(Duration::from_secs(60), |_| {})
+            .await
+            .expect("no verdict");
+        let (verdict_after, decided) = (inc.at - at, at.elapsed());
+        let row = guest::incident_row(&inc, &m.kernel_release, &ctx);
+        let h = guest::handle_crash(&mut g, &mut store, row, inc.at, &ctx, Policy::default())
+            .await
+            .unwrap();
+        assert!(h.succeeded(), "{name}: recovery failed");
+        println!(
+            "{name}: verdict {} after {:.2} s, decision after {:.2} s, recovered in {:.1} s \
+             (fault to healthy guest {:.1} s)",
+            inc.verdict.name(),
+            verdict_after.as_secs_f64(),
+            decided.as_secs_f64(),
+            h.duration.as_secs_f64(),
+            at.elapsed().as_secs_f64()
+        );
+        g.load_module().await.expect("load");
+    }
     let s = store.stats(Some(run)).unwrap();
     println!(
         "run {run}: {} crashes, recovery success {:.0}%, mean {:.1} s, p95 {:.1} s; db {}",
