@@ -898,3 +898,36 @@ async fn stream_periods_are_clamped_and_watch_lists_bounded() {
         assert_alive(&mut agent, &mut c, &what).await;
     }
 }
+
+#[tokio::test]
+async fn vsock_probe_speaks_enough_http2_to_tell_accepted_from_refused() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    // The probe's judgement against the real server, over the unix socket (never vsock
+    // on the development machine).
+    let socket = agent.socket.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        vexfs_agent::probe::judge(&mut s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(verdict, vexfs_agent::probe::Verdict::Accepted);
+    assert_alive(&mut agent, &mut c, "a raw HTTP/2 probe").await;
+    // Bad probe arguments are a usage error (exit 2) before any socket is opened.
+    for args in [
+        &["probe-vsock"][..],
+        &["probe-vsock", "1"],
+        &["probe-vsock", "x", "5000"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vexfs-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("probe-vsock"), "{args:?}: {err}");
+    }
+}
