@@ -93,6 +93,13 @@ pub enum Action {
     Help,
     /// Print the version.
     Version,
+    /// Diagnostic: probe a vsock listener from inside a guest (`probe-vsock CID PORT`).
+    ProbeVsock {
+        /// The CID to connect to (1 is this guest through vsock_loopback).
+        cid: u32,
+        /// The port.
+        port: u32,
+    },
 }
 
 /// Usage text for --help.
@@ -100,6 +107,7 @@ pub const USAGE: &str = "\
 vexfs-agent: guest agent of the vexfs crash harness
 
 USAGE: vexfs-agent [--listen vsock:PORT|unix:PATH]... [OPTIONS]
+       vexfs-agent probe-vsock CID PORT
 
 OPTIONS:
   --listen ADDR            vsock:PORT or unix:PATH (repeatable; default from the
@@ -117,6 +125,11 @@ OPTIONS:
 
 Kernel command line: vexfs.agent.port=N, vexfs.agent.allow_cid=N|any,
 vexfs.agent.dstate_ms=N.
+
+probe-vsock CID PORT (a diagnostic, run inside a guest): connects over vsock, sends the
+HTTP/2 preface and prints \"accepted\" (exit 0) when the server answers with SETTINGS,
+\"refused\" (exit 1) when it closes the connection, \"silent\"/\"unexpected\" (exit 3),
+\"unreachable\" (exit 4) when the connect fails; exit 2 for bad arguments.
 ";
 
 fn number(flag: &str, value: &str) -> Result<u64, Error> {
@@ -176,6 +189,15 @@ fn add_cid(cids: &mut Option<Vec<u32>>, flag: &str, value: &str) -> Result<(), E
 /// Parses flags (without argv[0]) and the kernel command line. `as_init` says the agent
 /// runs under the image's init and should default to vsock.
 pub fn parse(args: &[String], kernel_cmdline: &str, as_init: bool) -> Result<Action, Error> {
+    if args.first().map(String::as_str) == Some("probe-vsock") {
+        return match &args[1..] {
+            [cid, p] => Ok(Action::ProbeVsock {
+                cid: port("probe-vsock CID", cid)?,
+                port: port("probe-vsock PORT", p)?,
+            }),
+            _ => Err(Error::Missing("probe-vsock CID PORT".into())),
+        };
+    }
     let mut c = Config::default();
     let mut module_dirs = Vec::new();
     let mut cids: Option<Option<Vec<u32>>> = None;
@@ -311,5 +333,27 @@ mod tests {
             false,
         );
         assert_eq!(c.allowed_cids, Some(vec![3, 4]));
+    }
+
+    #[test]
+    fn probe_vsock_takes_a_cid_and_a_port() {
+        assert_eq!(
+            parse(
+                &args(&["probe-vsock", "1", "5000"]),
+                "vexfs.agent.port=7",
+                true
+            )
+            .unwrap(),
+            Action::ProbeVsock { cid: 1, port: 5000 }
+        );
+        for bad in [
+            &["probe-vsock"][..],
+            &["probe-vsock", "1"],
+            &["probe-vsock", "1", "5000", "x"],
+            &["probe-vsock", "one", "5000"],
+            &["probe-vsock", "1", "99999999999"],
+        ] {
+            assert!(parse(&args(bad), "", false).is_err(), "{bad:?}");
+        }
     }
 }

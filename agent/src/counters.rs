@@ -29,6 +29,34 @@ const VMSTAT_KEYS: &[&str] = &[
     "allocstall_normal",
 ];
 
+/// Most process names a client may watch: each sample compares every task against them.
+pub const MAX_WATCH: usize = 64;
+/// Longest process name the kernel keeps (TASK_COMM_LEN - 1): longer never matches.
+pub const MAX_COMM: usize = 15;
+
+/// A watch list the agent refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// Too many names.
+    #[error("fd_watch holds {0} names, more than {MAX_WATCH}")]
+    TooMany(usize),
+    /// A name no process can have.
+    #[error("fd_watch name {0:?} must be 1 to {MAX_COMM} bytes, a process name (comm)")]
+    BadName(String),
+}
+
+/// Checks an fd watch list before any sampling.
+pub fn check_watch(names: &[String]) -> Result<(), WatchError> {
+    if names.len() > MAX_WATCH {
+        return Err(WatchError::TooMany(names.len()));
+    }
+    match names.iter().find(|n| n.is_empty() || n.len() > MAX_COMM) {
+        // A huge name would make a huge message: quote only its start.
+        Some(n) => Err(WatchError::BadName(n.chars().take(32).collect())),
+        None => Ok(()),
+    }
+}
+
 /// Takes one sample under `proc` (normally /proc). `fd_watch` names processes (by comm)
 /// whose open fds are counted; the agent's own fds are always counted.
 pub fn sample(proc: &Path, fd_watch: &[String], ts_us: u64) -> Counters {
@@ -176,6 +204,24 @@ pub fn parse_vmstat(text: &str) -> HashMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_lists_are_bounded() {
+        assert!(check_watch(&[]).is_ok());
+        assert!(check_watch(&["mount".into(), "a".repeat(MAX_COMM)]).is_ok());
+        assert!(matches!(
+            check_watch(&vec!["sh".to_string(); MAX_WATCH + 1]),
+            Err(WatchError::TooMany(65))
+        ));
+        assert!(matches!(
+            check_watch(&[String::new()]),
+            Err(WatchError::BadName(_))
+        ));
+        let Err(WatchError::BadName(shown)) = check_watch(&["x".repeat(1 << 20)]) else {
+            panic!("a 1 MiB name accepted");
+        };
+        assert_eq!(shown.len(), 32);
+    }
 
     #[test]
     fn meminfo_and_slabinfo() {

@@ -13,13 +13,21 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Output kept per stream when the request gives no limit.
 const DEFAULT_OUTPUT: u64 = 1 << 20;
-/// Largest output limit accepted per stream.
-const MAX_OUTPUT: u64 = 16 << 20;
+/// Largest output limit accepted per stream: both streams together stay under gRPC's
+/// default 4 MiB message limit, so any client can decode the reply.
+const MAX_OUTPUT: u64 = 3 << 19;
 /// How long to wait for output pipes after the command exits: a background grandchild
 /// may hold them open forever.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Most argv entries or env entries accepted.
 const MAX_ARGS: usize = 4096;
+/// Longest single argv or env entry: the kernel's MAX_ARG_STRLEN (32 pages) less the NUL.
+const MAX_ARG_LEN: usize = 32 * 4096 - 1;
+/// Most argv and env bytes in all: well under execve's limit (a quarter of the 8 MiB
+/// stack rlimit), so a request that passes never fails with E2BIG.
+const MAX_ARG_BYTES: usize = 1 << 20;
+/// Longest working directory accepted (PATH_MAX).
+const MAX_CWD: usize = 4096;
 
 /// Errors of exec requests.
 #[derive(Debug, thiserror::Error)]
@@ -45,30 +53,93 @@ pub enum Error {
     },
 }
 
-/// Runs the request to completion or timeout.
-pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
-    let cmd = req
-        .argv
-        .first()
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| Error::Invalid("argv is empty".into()))?
-        .clone();
+/// What a valid request runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// When the process group is killed.
+    pub timeout: Duration,
+    /// Output bytes kept per stream.
+    pub output: u64,
+}
+
+/// Checks a request before anything runs: every refusal is `Error::Invalid`.
+pub fn check(req: &ExecRequest) -> Result<Limits, Error> {
+    if req.argv.first().is_none_or(|a| a.is_empty()) {
+        return Err(Error::Invalid("argv is empty".into()));
+    }
     if req.argv.len() > MAX_ARGS || req.env.len() > MAX_ARGS {
         return Err(Error::Invalid(format!(
-            "more than {MAX_ARGS} argv or env entries"
+            "{} argv and {} env entries: at most {MAX_ARGS} each",
+            req.argv.len(),
+            req.env.len()
+        )));
+    }
+    if let Some(a) = req
+        .argv
+        .iter()
+        .chain(&req.env)
+        .find(|a| a.len() > MAX_ARG_LEN)
+    {
+        return Err(Error::Invalid(format!(
+            "an argv or env entry is {} bytes, longer than {MAX_ARG_LEN}",
+            a.len()
+        )));
+    }
+    let total: usize = req.argv.iter().chain(&req.env).map(|a| a.len() + 1).sum();
+    if total > MAX_ARG_BYTES {
+        return Err(Error::Invalid(format!(
+            "argv and env are {total} bytes in all, more than {MAX_ARG_BYTES}"
         )));
     }
     if req.argv.iter().chain(&req.env).any(|a| a.contains('\0')) {
         return Err(Error::Invalid("argv or env holds NUL".into()));
     }
+    if let Some(kv) = req
+        .env
+        .iter()
+        .find(|kv| kv.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        let shown: String = kv.chars().take(64).collect();
+        return Err(Error::Invalid(format!(
+            "env entry {shown:?} is not KEY=VALUE"
+        )));
+    }
+    if !req.cwd.is_empty() {
+        if req.cwd.len() > MAX_CWD || req.cwd.contains('\0') {
+            return Err(Error::Invalid(format!(
+                "cwd must be a path of at most {MAX_CWD} bytes without NUL"
+            )));
+        }
+        // Checked here so a bad cwd is not reported as a missing command by spawn.
+        match std::fs::metadata(&req.cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "cwd {} is not a directory",
+                    req.cwd
+                )));
+            }
+            Err(e) => return Err(Error::Invalid(format!("cwd {}: {e}", req.cwd))),
+        }
+    }
     let timeout = match req.timeout_ms {
         0 => DEFAULT_TIMEOUT,
         ms => Duration::from_millis(ms).min(MAX_TIMEOUT),
     };
-    let limit = match req.max_output_bytes {
+    let output = match req.max_output_bytes {
         0 => DEFAULT_OUTPUT,
         n => n.min(MAX_OUTPUT),
     };
+    Ok(Limits { timeout, output })
+}
+
+/// Runs the request to completion or timeout.
+pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
+    let Limits {
+        timeout,
+        output: limit,
+    } = check(&req)?;
+    let cmd = req.argv[0].clone();
     let mut command = tokio::process::Command::new(&cmd);
     command
         .args(&req.argv[1..])
@@ -85,11 +156,7 @@ pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
         command.env_clear();
         command.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     }
-    for kv in &req.env {
-        let (k, v) = kv
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| Error::Invalid(format!("env entry {kv:?} is not KEY=VALUE")))?;
+    for (k, v) in req.env.iter().filter_map(|kv| kv.split_once('=')) {
         command.env(k, v);
     }
     if !req.cwd.is_empty() {
@@ -122,8 +189,9 @@ pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
             let _ = stdin.write_all(&data).await;
         });
     }
-    let out = tokio::spawn(collect(child.stdout.take(), limit));
-    let err = tokio::spawn(collect(child.stderr.take(), limit));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let out = tokio::spawn(collect(child.stdout.take(), limit, stop.clone()));
+    let err = tokio::spawn(collect(child.stderr.take(), limit, stop));
 
     let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => (
@@ -145,8 +213,19 @@ pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
     let duration = started.elapsed();
     // Leftover members of the group (background jobs) would hold the pipes open.
     kill_group(pid);
-    let (stdout, stdout_truncated) = drained(out).await;
-    let (stderr, stderr_truncated) = drained(err).await;
+    let both = async { tokio::join!(out, err) };
+    tokio::pin!(both);
+    let (out, err) = tokio::select! {
+        r = &mut both => r,
+        () = tokio::time::sleep(DRAIN_GRACE) => {
+            // Something outside the group (a setsid grandchild) holds a pipe open: keep
+            // what was read so far.
+            let _ = stop_tx.send(true);
+            both.await
+        }
+    };
+    let (stdout, stdout_truncated) = out.unwrap_or((Vec::new(), true));
+    let (stderr, stderr_truncated) = err.unwrap_or((Vec::new(), true));
     use std::os::unix::process::ExitStatusExt;
     Ok(ExecReply {
         exit_code: status.code().unwrap_or(-1),
@@ -190,20 +269,14 @@ fn kill_group(pid: u32) {
     }
 }
 
-async fn drained(task: tokio::task::JoinHandle<(Vec<u8>, bool)>) -> (Vec<u8>, bool) {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(DRAIN_GRACE, task).await {
-        Ok(Ok(r)) => r,
-        _ => {
-            abort.abort();
-            (Vec::new(), true)
-        }
-    }
-}
-
 /// Reads a pipe to its end, keeping the first `limit` bytes; the rest is read and
-/// dropped so a chatty command never blocks on a full pipe.
-async fn collect<R: AsyncRead + Unpin>(pipe: Option<R>, limit: u64) -> (Vec<u8>, bool) {
+/// dropped so a chatty command never blocks on a full pipe. Stops early, marked
+/// truncated, once `stop` turns true.
+async fn collect<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    limit: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Vec<u8>, bool) {
     let Some(mut pipe) = pipe else {
         return (Vec::new(), false);
     };
@@ -212,16 +285,21 @@ async fn collect<R: AsyncRead + Unpin>(pipe: Option<R>, limit: u64) -> (Vec<u8>,
     let mut truncated = false;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                if n > room {
-                    truncated = true;
-                }
-                kept.extend_from_slice(&buf[..n.min(room)]);
+        let n = tokio::select! {
+            r = pipe.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = stop.wait_for(|s| *s) => {
+                truncated = true;
+                break;
             }
+        };
+        let room = limit.saturating_sub(kept.len());
+        if n > room {
+            truncated = true;
         }
+        kept.extend_from_slice(&buf[..n.min(room)]);
     }
     (kept, truncated)
 }
@@ -255,6 +333,61 @@ mod tests {
         let r = run(q).await.unwrap();
         assert_eq!(r.stdout.len(), 1000);
         assert!(r.stdout_truncated);
+    }
+
+    #[test]
+    fn limits_are_checked_before_anything_runs() {
+        let ok = check(&req(&["true"])).unwrap();
+        assert_eq!(ok.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(ok.output, DEFAULT_OUTPUT);
+        let mut q = req(&["true"]);
+        q.timeout_ms = u64::MAX;
+        q.max_output_bytes = u64::MAX;
+        assert_eq!(
+            check(&q).unwrap(),
+            Limits {
+                timeout: MAX_TIMEOUT,
+                output: MAX_OUTPUT
+            }
+        );
+        let long = "a".repeat(MAX_ARG_LEN + 1);
+        let invalid = |q: ExecRequest| match check(&q) {
+            Err(Error::Invalid(msg)) => msg,
+            other => panic!("{other:?}"),
+        };
+        assert!(invalid(req(&["echo", &long])).contains("longer than"));
+        let many = vec!["a".repeat(100_000); 11];
+        let mut q = req(&["echo"]);
+        q.argv.extend(many);
+        assert!(invalid(q).contains("in all"));
+        let mut q = req(&["true"]);
+        q.env = vec!["=x".into()];
+        assert!(invalid(q).contains("KEY=VALUE"));
+        let mut q = req(&["true"]);
+        q.cwd = "/nonexistent/dir".into();
+        assert!(invalid(q).contains("cwd"));
+        let mut q = req(&["true"]);
+        q.cwd = "/etc/passwd".into();
+        assert!(invalid(q).contains("not a directory"));
+    }
+
+    #[tokio::test]
+    async fn output_kept_when_an_escaped_process_holds_the_pipe() {
+        // setsid leaves the process group, so the group kill cannot close its pipe (the
+        // pause lets it leave before the shell exits and the group is killed).
+        let script =
+            "echo before; setsid sh -c 'echo escaped; exec sleep 5' & sleep 0.5; echo after";
+        let mut q = req(&["sh", "-c", script]);
+        q.timeout_ms = 10_000;
+        let started = Instant::now();
+        let r = run(q).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(r.stdout, b"before\nescaped\nafter\n");
+        assert!(r.stdout_truncated, "the pipe was still open");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ pub mod init;
 pub mod kmsg;
 pub mod listen;
 pub mod modules;
+pub mod probe;
 pub mod service;
 pub mod taint;
 

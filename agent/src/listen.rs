@@ -68,10 +68,7 @@ pub async fn serve(
                     let accepted = listener.accept().await;
                     let conn = match accepted {
                         Ok((stream, peer)) => {
-                            let ok = allowed_cids
-                                .as_ref()
-                                .is_none_or(|cids| cids.contains(&peer.cid()));
-                            if !ok {
+                            if !peer_allowed(allowed_cids.as_deref(), peer.cid()) {
                                 // Dropping the stream closes it: a guest-local or other
                                 // VM's process may not drive the agent.
                                 tracing::warn!("refused vsock connection from CID {}", peer.cid());
@@ -98,6 +95,11 @@ pub async fn serve(
     }
 }
 
+/// Whether a vsock peer may drive the agent: any CID when no list is configured.
+pub fn peer_allowed(allowed_cids: Option<&[u32]>, cid: u32) -> bool {
+    allowed_cids.is_none_or(|cids| cids.contains(&cid))
+}
+
 fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     // A socket file left by an earlier run would make bind fail with EADDRINUSE.
     match std::fs::remove_file(path) {
@@ -106,4 +108,30 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         Err(e) => return Err(e),
     }
     tokio::net::UnixListener::bind(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HOST_CID;
+
+    #[test]
+    fn only_listed_cids_may_connect() {
+        let host_only = [HOST_CID];
+        assert!(peer_allowed(Some(&host_only), HOST_CID));
+        // The guest itself through vsock_loopback (VMADDR_CID_LOCAL), the hypervisor,
+        // this guest's own CID and other guests are all refused.
+        for cid in [0, 1, 3, 4, u32::MAX] {
+            assert!(!peer_allowed(Some(&host_only), cid), "CID {cid}");
+        }
+        assert!(peer_allowed(Some(&[3, 7]), 7));
+        assert!(!peer_allowed(Some(&[3, 7]), HOST_CID));
+        assert!(
+            !peer_allowed(Some(&[]), HOST_CID),
+            "an empty list admits nobody"
+        );
+        // `--allow-cid any`.
+        assert!(peer_allowed(None, 1));
+        assert!(peer_allowed(None, HOST_CID));
+    }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use vexfs_agent::config::{self, Action};
-use vexfs_agent::init;
+use vexfs_agent::{init, probe};
 
 fn main() -> ExitCode {
     if init::is_pid1() {
@@ -34,6 +34,18 @@ fn main() -> ExitCode {
         Ok(Action::Version) => {
             println!("vexfs-agent {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
+        }
+        Ok(Action::ProbeVsock { cid, port }) => {
+            return match probe::vsock(cid, port, probe::TIMEOUT) {
+                Ok(verdict) => {
+                    println!("{verdict}");
+                    ExitCode::from(verdict.exit_code())
+                }
+                Err(e) => {
+                    println!("unreachable: {e}");
+                    ExitCode::from(4)
+                }
+            };
         }
         Err(e) => {
             eprintln!("vexfs-agent: {e}");

@@ -16,6 +16,8 @@ use vexfs_proto::{Module, ModuleOutcome, ModuleReply};
 
 /// Longest parameter string accepted (the kernel's own limit is a page).
 const MAX_PARAMS: usize = 4096;
+/// Longest module path accepted (PATH_MAX).
+const MAX_PATH: usize = 4096;
 /// Longest deadline accepted for an unload.
 const MAX_DEADLINE: Duration = Duration::from_secs(600);
 /// How long the reload's "verify live" step waits for the module to leave `Loading`.
@@ -35,6 +37,9 @@ pub enum Error {
         /// The allow-list, for the message.
         allowed: String,
     },
+    /// The path names a directory, FIFO, device or socket.
+    #[error("module path {0} is not a regular file")]
+    NotRegular(String),
     /// The module file cannot be opened.
     #[error("cannot open module {path}: {source}")]
     Open {
@@ -100,18 +105,31 @@ impl Control {
 
     /// Checks a path against the allow-list, resolving `..` and symlinks first.
     pub fn check_path(&self, path: &str) -> Result<PathBuf, Error> {
+        if path.is_empty() {
+            return Err(Error::Invalid("module path is empty".into()));
+        }
+        if path.len() > MAX_PATH {
+            return Err(Error::Invalid(format!(
+                "module path is {} bytes, longer than {MAX_PATH}",
+                path.len()
+            )));
+        }
+        if path.contains('\0') {
+            return Err(Error::Invalid("module path holds a NUL byte".into()));
+        }
         let p = Path::new(path);
         if !p.is_absolute() {
             return Err(Error::NotAbsolute(path.to_string()));
         }
-        let real = std::fs::canonicalize(p).map_err(|source| Error::Open {
-            path: path.to_string(),
-            source,
-        })?;
-        if self.allowed.iter().any(|dir| real.starts_with(dir)) {
-            Ok(real)
-        } else {
-            Err(Error::NotAllowed {
+        match std::fs::canonicalize(p) {
+            Ok(real) if self.allows(&real) => Ok(real),
+            // A path that does not resolve is judged by its text: a missing file outside
+            // the allowed directories is refused as outside, not reported as missing.
+            Err(source) if self.allows(&lexically_normal(p)) => Err(Error::Open {
+                path: path.to_string(),
+                source,
+            }),
+            Ok(_) | Err(_) => Err(Error::NotAllowed {
                 path: path.to_string(),
                 allowed: self
                     .allowed
@@ -119,7 +137,33 @@ impl Control {
                     .map(|d| d.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
-            })
+            }),
+        }
+    }
+
+    fn allows(&self, real: &Path) -> bool {
+        self.allowed.iter().any(|dir| real.starts_with(dir))
+    }
+
+    /// Opens a checked module file. O_NONBLOCK: opening a FIFO planted in an allowed
+    /// directory must not block the handler; the fstat then refuses it.
+    fn open_checked(real: &Path, path: &str) -> Result<std::fs::File, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(real)
+            .map_err(|source| Error::Open {
+                path: path.to_string(),
+                source,
+            })?;
+        match file.metadata() {
+            Ok(m) if m.is_file() => Ok(file),
+            Ok(_) => Err(Error::NotRegular(path.to_string())),
+            Err(source) => Err(Error::Open {
+                path: path.to_string(),
+                source,
+            }),
         }
     }
 
@@ -128,10 +172,7 @@ impl Control {
         let started = Instant::now();
         let real = self.check_path(path)?;
         let params = check_params(params)?;
-        let file = std::fs::File::open(&real).map_err(|source| Error::Open {
-            path: path.to_string(),
-            source,
-        })?;
+        let file = Self::open_checked(&real, path)?;
         // Module init runs in the calling thread and can hang too: same deadline guard.
         let call = move || nix::kmod::finit_module(&file, &params, ModuleInitFlags::empty());
         let outcome = self.guarded(call, self.default_deadline).await;
@@ -187,7 +228,9 @@ impl Control {
     ) -> Result<ModuleReply, Error> {
         let started = Instant::now();
         // Validate everything before touching the running module.
-        self.check_path(path)?;
+        check_name(name)?;
+        let real = self.check_path(path)?;
+        Self::open_checked(&real, path)?;
         check_params(params)?;
         if self.find(name).is_some() {
             let r = self.unload(name, deadline, false).await?;
@@ -295,7 +338,9 @@ fn check_name(name: &str) -> Result<CString, Error> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok {
-        return Err(Error::Invalid(format!("bad module name {name:?}")));
+        return Err(Error::Invalid(format!(
+            "module name {name:?} must be 1 to 55 letters, digits, '_' or '-'"
+        )));
     }
     CString::new(name).map_err(|_| Error::Invalid("module name holds NUL".into()))
 }
@@ -303,10 +348,39 @@ fn check_name(name: &str) -> Result<CString, Error> {
 fn check_params(params: &str) -> Result<CString, Error> {
     if params.len() > MAX_PARAMS {
         return Err(Error::Invalid(format!(
-            "module parameters longer than {MAX_PARAMS} bytes"
+            "module parameters are {} bytes, longer than {MAX_PARAMS}",
+            params.len()
+        )));
+    }
+    // The kernel splits parameters at whitespace; other control bytes (NUL, escapes)
+    // are never meant and would end up in its log.
+    let odd = params
+        .bytes()
+        .position(|b| b.is_ascii_control() && !matches!(b, b' ' | b'\t' | b'\n'));
+    if let Some(at) = odd {
+        return Err(Error::Invalid(format!(
+            "module parameters hold control byte {:#04x} at offset {at}",
+            params.as_bytes()[at]
         )));
     }
     CString::new(params).map_err(|_| Error::Invalid("module parameters hold NUL".into()))
+}
+
+/// `path` with `.` and `..` resolved by text alone (no symlinks): for paths that do not
+/// exist, where the kernel would follow no symlink either.
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The kernel's name for a module file: the file stem with '-' turned into '_'.
@@ -378,6 +452,13 @@ mod tests {
         assert!(check_name("../x").is_err());
         assert!(check_params(&"a".repeat(MAX_PARAMS + 1)).is_err());
         assert!(check_params("a\0b").is_err());
+        assert!(check_params("a=1\tb=2\nc=\"x y\" d=\u{e9}").is_ok());
+        for odd in ["a=\x1b[31m", "a=1\rb=2", "\x7f"] {
+            let Err(Error::Invalid(msg)) = check_params(odd) else {
+                panic!("{odd:?} accepted");
+            };
+            assert!(msg.contains("control byte"), "{msg}");
+        }
         assert_eq!(
             module_name_of(Path::new("/x/vmw-vsock.ko")).as_deref(),
             Some("vmw_vsock")
@@ -403,5 +484,50 @@ mod tests {
             Err(Error::NotAllowed { .. })
         ));
         assert!(matches!(c.check_path("rel.ko"), Err(Error::NotAbsolute(_))));
+        // Missing files: outside the allow-list is refused as outside, inside is missing.
+        let missing_out = format!("{}/../nowhere/x.ko", allowed.display());
+        assert!(matches!(
+            c.check_path(&missing_out),
+            Err(Error::NotAllowed { .. })
+        ));
+        let missing_in = allowed.join("gone.ko");
+        assert!(matches!(
+            c.check_path(missing_in.to_str().unwrap()),
+            Err(Error::Open { source, .. }) if source.kind() == std::io::ErrorKind::NotFound
+        ));
+        // A sibling whose name merely starts like the allowed dir is outside.
+        let sibling = dir.path().join("mods-evil");
+        std::fs::create_dir(&sibling).unwrap();
+        std::fs::write(sibling.join("a.ko"), b"").unwrap();
+        assert!(matches!(
+            c.check_path(sibling.join("a.ko").to_str().unwrap()),
+            Err(Error::NotAllowed { .. })
+        ));
+        for bad in ["", "/a\0b.ko"] {
+            assert!(
+                matches!(c.check_path(bad), Err(Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        let long = format!("/{}", "a".repeat(MAX_PATH));
+        assert!(matches!(c.check_path(&long), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.ko");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Without O_NONBLOCK this open would wait for a writer forever.
+        assert!(matches!(
+            Control::open_checked(&fifo, "fifo.ko"),
+            Err(Error::NotRegular(_))
+        ));
+        assert!(matches!(
+            Control::open_checked(dir.path(), "dir"),
+            Err(Error::NotRegular(_))
+        ));
+        std::fs::write(dir.path().join("a.ko"), b"x").unwrap();
+        assert!(Control::open_checked(&dir.path().join("a.ko"), "a.ko").is_ok());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use vexfs_proto::agent_server::Agent;
 use vexfs_proto::{
     Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, Heartbeat,
@@ -24,36 +24,74 @@ const STREAM_BUFFER: usize = 1024;
 const READER_POLL: Duration = Duration::from_millis(200);
 /// Shortest period a client may ask for (heartbeats, counters).
 const MIN_PERIOD: Duration = Duration::from_millis(10);
+/// Longest period a client may ask for: a stream stays observably alive.
+const MAX_PERIOD: Duration = Duration::from_secs(60);
+
+/// Longest status message sent: it travels in an HTTP/2 header, and errors may quote
+/// what the client sent (a megabyte name must not become a megabyte header).
+const MAX_MESSAGE: usize = 1024;
+
+/// A status with `msg` cut to MAX_MESSAGE bytes on a character boundary.
+fn status(code: Code, msg: impl Into<String>) -> Status {
+    let mut msg = msg.into();
+    if msg.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push_str("... (cut)");
+    }
+    Status::new(code, msg)
+}
 
 impl From<modules::Error> for Status {
     fn from(e: modules::Error) -> Self {
         use modules::Error as E;
-        match e {
-            E::NotAbsolute(_) | E::NotAllowed { .. } | E::Invalid(_) => {
-                Status::invalid_argument(e.to_string())
+        let code = match &e {
+            E::NotAbsolute(_) | E::NotAllowed { .. } | E::NotRegular(_) | E::Invalid(_) => {
+                Code::InvalidArgument
             }
-            E::Open { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Status::not_found(e.to_string())
-            }
-            E::Open { .. } => Status::permission_denied(e.to_string()),
-            E::ProcModules { .. } => Status::unavailable(e.to_string()),
-        }
+            E::Open { source, .. } => io_code(source),
+            E::ProcModules { .. } => Code::Unavailable,
+        };
+        status(code, e.to_string())
+    }
+}
+
+/// The code for a file the caller named that could not be used.
+fn io_code(source: &std::io::Error) -> Code {
+    use std::io::ErrorKind as K;
+    if source.raw_os_error() == Some(libc::ELOOP) {
+        return Code::InvalidArgument;
+    }
+    match source.kind() {
+        K::NotFound => Code::NotFound,
+        K::PermissionDenied => Code::PermissionDenied,
+        // The name itself is wrong: a file used as a directory, a symlink loop, too long.
+        K::NotADirectory
+        | K::IsADirectory
+        | K::InvalidFilename
+        | K::InvalidInput
+        | K::ArgumentListTooLong => Code::InvalidArgument,
+        _ => Code::FailedPrecondition,
     }
 }
 
 impl From<exec::Error> for Status {
     fn from(e: exec::Error) -> Self {
-        match e {
-            exec::Error::Invalid(_) => Status::invalid_argument(e.to_string()),
-            exec::Error::Spawn { ref source, .. }
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Status::not_found(e.to_string())
-            }
-            exec::Error::Spawn { .. } | exec::Error::Wait { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
-        }
+        let code = match &e {
+            exec::Error::Invalid(_) => Code::InvalidArgument,
+            exec::Error::Spawn { source, .. } => io_code(source),
+            exec::Error::Wait { .. } => Code::FailedPrecondition,
+        };
+        status(code, e.to_string())
+    }
+}
+
+impl From<counters::WatchError> for Status {
+    fn from(e: counters::WatchError) -> Self {
+        status(Code::InvalidArgument, e.to_string())
     }
 }
 
@@ -118,7 +156,7 @@ fn period(ms: u32, default: Duration) -> Duration {
     if ms == 0 {
         default
     } else {
-        Duration::from_millis(u64::from(ms)).max(MIN_PERIOD)
+        Duration::from_millis(u64::from(ms)).clamp(MIN_PERIOD, MAX_PERIOD)
     }
 }
 
@@ -175,6 +213,7 @@ impl Agent for Service {
         request: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let req = request.into_inner();
+        counters::check_watch(&req.fd_watch)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // Seq of the last record this stream delivered, for its heartbeats.
         let stream_seq = Arc::new(AtomicU64::new(req.from_seq.saturating_sub(1)));
@@ -232,6 +271,7 @@ impl Agent for Service {
     ) -> Result<Response<Counters>, Status> {
         let proc = self.config.proc.clone();
         let watch = request.into_inner().fd_watch;
+        counters::check_watch(&watch)?;
         let c = tokio::task::spawn_blocking(move || counters::sample(&proc, &watch, boottime_us()))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -287,9 +327,10 @@ impl Agent for Service {
         let key = request.into_inner().key;
         let valid = key.len() == 1 && key.bytes().all(|b| b.is_ascii_alphanumeric());
         if !valid {
-            return Err(Status::invalid_argument(format!(
-                "sysrq key must be one letter or digit, got {key:?}"
-            )));
+            return Err(status(
+                Code::InvalidArgument,
+                format!("sysrq key must be one letter or digit, got {key:?}"),
+            ));
         }
         let path = self.config.proc.join("sysrq-trigger");
         let result = tokio::task::spawn_blocking(move || {

@@ -3,13 +3,18 @@
 
 mod common;
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
-use common::Fixture;
+use common::{AgentProcess, Fixture};
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use vexfs_proto::agent_client::AgentClient;
 use vexfs_proto::{
     Event, ExecRequest, HealthRequest, HungSource, ListModulesRequest, LoadModuleRequest,
-    ReloadModuleRequest, SampleRequest, StreamRequest, SysrqRequest, UnloadModuleRequest, event,
+    ModuleOutcome, ReloadModuleRequest, SampleRequest, StreamRequest, SysrqRequest,
+    UnloadModuleRequest, event,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -254,64 +259,6 @@ async fn d_state_tasks_found_by_scan_and_kernel_notices_parsed() {
 }
 
 #[tokio::test]
-async fn module_paths_outside_the_allow_list_are_refused() {
-    let fx = Fixture::new();
-    let agent = fx.spawn(&[]);
-    let mut c = agent.client().await;
-    let mods = fx.modules_dir();
-    std::fs::write(fx.dir.path().join("evil.ko"), b"x").unwrap();
-    for path in [
-        "/etc/passwd".to_string(),
-        format!("{}/../evil.ko", mods.display()),
-        "relative/vexfs.ko".to_string(),
-    ] {
-        let err = c
-            .load_module(LoadModuleRequest {
-                path: path.clone(),
-                params: String::new(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{path}: {err}");
-    }
-    let huge = c
-        .load_module(LoadModuleRequest {
-            path: mods.join("vexfs.ko").display().to_string(),
-            params: "x".repeat(100_000),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(huge.code(), tonic::Code::InvalidArgument);
-    let bad_name = c
-        .unload_module(UnloadModuleRequest {
-            name: "../vexfs".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(bad_name.code(), tonic::Code::InvalidArgument);
-    let reload = c
-        .reload_module(ReloadModuleRequest {
-            name: "vexfs".into(),
-            path: "/etc/passwd".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(reload.code(), tonic::Code::InvalidArgument);
-
-    let list = c
-        .list_modules(ListModulesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let names: Vec<_> = list.modules.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["vexfs", "vsock"]);
-    assert_eq!(list.modules[0].taint, "OE");
-    assert_eq!(list.modules[1].holders, ["vmw_vsock_virtio_transport"]);
-}
-
-#[tokio::test]
 async fn exec_timeout_kills_the_whole_process_group() {
     let fx = Fixture::new();
     let agent = fx.spawn(&[]);
@@ -448,4 +395,539 @@ async fn malformed_input_and_disconnects_do_not_hurt_the_agent() {
         std::fs::read(fx.proc().join("sysrq-trigger")).unwrap(),
         b"w"
     );
+}
+
+// ---- bad arguments: InvalidArgument or a bounded result, and the agent keeps answering ----
+
+/// Longest status message the agent sends (service.rs MAX_MESSAGE) plus its cut marker.
+const MAX_MESSAGE: usize = 1024 + "... (cut)".len();
+
+/// The agent process is still running and answers Health promptly.
+async fn assert_alive(agent: &mut AgentProcess, c: &mut AgentClient<Channel>, after: &str) {
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "agent exited after {after}"
+    );
+    let h = tokio::time::timeout(Duration::from_secs(5), c.health(HealthRequest {}))
+        .await
+        .unwrap_or_else(|_| panic!("Health timed out after {after}"))
+        .unwrap_or_else(|e| panic!("Health failed after {after}: {e}"));
+    assert_eq!(h.into_inner().agent_pid, agent.pid(), "after {after}");
+}
+
+/// Awaits a call that must fail promptly with `code` and a message containing `says`.
+async fn refused<T: std::fmt::Debug>(
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    code: Code,
+    says: &str,
+    what: &str,
+) -> Status {
+    let err = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 5 s"))
+        .map(|r| r.into_inner())
+        .expect_err(what);
+    assert_eq!(err.code(), code, "{what}: {err}");
+    assert!(
+        err.message().contains(says),
+        "{what}: message {:?} lacks {says:?}",
+        err.message()
+    );
+    assert!(
+        err.message().len() <= MAX_MESSAGE,
+        "{what}: {} byte message",
+        err.message().len()
+    );
+    err
+}
+
+#[tokio::test]
+async fn bad_module_paths_names_and_params_are_refused() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    let mods = fx.modules_dir();
+    let m = |rest: &str| format!("{}{rest}", mods.display());
+    std::fs::write(fx.dir.path().join("evil.ko"), b"x").unwrap();
+    std::os::unix::fs::symlink(fx.dir.path().join("evil.ko"), mods.join("escape.ko")).unwrap();
+    std::os::unix::fs::symlink("/etc", mods.join("etc")).unwrap();
+    std::fs::create_dir(fx.dir.path().join("mods-evil")).unwrap();
+    std::fs::write(fx.dir.path().join("mods-evil/vexfs.ko"), b"x").unwrap();
+    nix::unistd::mkfifo(
+        &mods.join("fifo.ko"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let outside = "outside the allowed directories";
+    let cases: Vec<(String, Code, &str)> = vec![
+        ("/etc/passwd".into(), Code::InvalidArgument, outside),
+        (m("/../evil.ko"), Code::InvalidArgument, outside),
+        (
+            m("/../../../../../../etc/shadow"),
+            Code::InvalidArgument,
+            outside,
+        ),
+        (m("/./sub/../../evil.ko"), Code::InvalidArgument, outside),
+        (m("/escape.ko"), Code::InvalidArgument, outside),
+        (m("/etc/passwd"), Code::InvalidArgument, outside),
+        (m("-evil/vexfs.ko"), Code::InvalidArgument, outside),
+        // Missing outside the allow-list is outside, not "not found".
+        (
+            "/nonexistent/vexfs.ko".into(),
+            Code::InvalidArgument,
+            outside,
+        ),
+        (m("/../nowhere/vexfs.ko"), Code::InvalidArgument, outside),
+        (
+            "relative/vexfs.ko".into(),
+            Code::InvalidArgument,
+            "must be absolute",
+        ),
+        (String::new(), Code::InvalidArgument, "empty"),
+        (m("/vex\0fs.ko"), Code::InvalidArgument, "NUL"),
+        (
+            format!("/{}", "a".repeat(1 << 20)),
+            Code::InvalidArgument,
+            "longer than 4096",
+        ),
+        (m(""), Code::InvalidArgument, "not a regular file"),
+        // A FIFO would block a plain open() forever, and with it a runtime worker.
+        (m("/fifo.ko"), Code::InvalidArgument, "not a regular file"),
+        (
+            m("/vexfs.ko/sub.ko"),
+            Code::InvalidArgument,
+            "Not a directory",
+        ),
+        (m("/missing.ko"), Code::NotFound, "No such file"),
+    ];
+    for (path, code, says) in &cases {
+        let shown: String = path.chars().take(80).collect();
+        let load = LoadModuleRequest {
+            path: path.clone(),
+            params: String::new(),
+        };
+        refused(c.load_module(load), *code, says, &format!("load {shown:?}")).await;
+        let reload = ReloadModuleRequest {
+            name: "vexfs".into(),
+            path: path.clone(),
+            ..Default::default()
+        };
+        refused(
+            c.reload_module(reload),
+            *code,
+            says,
+            &format!("reload {shown:?}"),
+        )
+        .await;
+        assert_alive(&mut agent, &mut c, &format!("load/reload {shown:?}")).await;
+    }
+
+    let good = mods.join("vexfs.ko").display().to_string();
+    let load = |params: String| LoadModuleRequest {
+        path: good.clone(),
+        params,
+    };
+    for (params, says) in [
+        ("x".repeat(1 << 20), "1048576 bytes, longer than 4096"),
+        ("x".repeat(4097), "longer than 4096"),
+        ("a=1\0b=2".into(), "control byte 0x00 at offset 3"),
+        ("a=\x1b[31mred".into(), "control byte 0x1b at offset 2"),
+        ("a=1\rb=2".into(), "control byte 0x0d"),
+    ] {
+        let what = format!("params of {} bytes", params.len());
+        refused(
+            c.load_module(load(params.clone())),
+            Code::InvalidArgument,
+            says,
+            &what,
+        )
+        .await;
+        let reload = ReloadModuleRequest {
+            name: "vexfs".into(),
+            path: good.clone(),
+            params,
+            deadline_ms: 1000,
+        };
+        refused(c.reload_module(reload), Code::InvalidArgument, says, &what).await;
+        assert_alive(&mut agent, &mut c, &what).await;
+    }
+    // Beyond gRPC's 4 MiB message limit the server refuses before the handler runs.
+    let says = "decoded message length too large";
+    let huge = load("x".repeat(5 << 20));
+    refused(c.load_module(huge), Code::OutOfRange, says, "5 MiB params").await;
+    assert_alive(&mut agent, &mut c, "5 MiB params").await;
+    // Printable non-ASCII text and whitespace are the kernel's to judge: the file is not
+    // an ELF, so the kernel refuses it and the reply says so (a bounded result).
+    let started = Instant::now();
+    let r = c
+        .load_module(load("name=caf\u{e9}\tn=1\nq=\"a b\"".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome, ModuleOutcome::Failed as i32, "{r:?}");
+    assert!(r.detail.starts_with("load: "), "{}", r.detail);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    for name in [
+        String::new(),
+        "../vexfs".into(),
+        "vex\0fs".into(),
+        "vexfs fs".into(),
+        "a".repeat(56),
+        "a".repeat(1 << 20),
+    ] {
+        let what = format!("module name of {} bytes", name.len());
+        let unload = UnloadModuleRequest {
+            name: name.clone(),
+            deadline_ms: u32::MAX,
+            force: true,
+        };
+        refused(
+            c.unload_module(unload),
+            Code::InvalidArgument,
+            "module name",
+            &what,
+        )
+        .await;
+        // Refused before anything is unloaded (it used to load, then wait 5 s to verify).
+        let reload = ReloadModuleRequest {
+            name,
+            path: good.clone(),
+            ..Default::default()
+        };
+        refused(
+            c.reload_module(reload),
+            Code::InvalidArgument,
+            "module name",
+            &what,
+        )
+        .await;
+        assert_alive(&mut agent, &mut c, &what).await;
+    }
+
+    let list = c
+        .list_modules(ListModulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = list.modules.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["vexfs", "vsock"]);
+    assert_eq!(list.modules[0].taint, "OE");
+    assert_eq!(list.modules[1].holders, ["vmw_vsock_virtio_transport"]);
+}
+
+fn exec(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn exec_with_bad_arguments_is_refused_or_bounded() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+
+    // Timeouts: 0 is the default (60 s), u64::MAX is capped at a day; both just run.
+    for timeout_ms in [0, u64::MAX, u64::MAX / 2] {
+        let mut q = exec(&["sh", "-c", "sleep 0.2; echo done"]);
+        q.timeout_ms = timeout_ms;
+        let started = Instant::now();
+        let r = c.exec(q).await.unwrap().into_inner();
+        assert_eq!(
+            (r.exit_code, r.timed_out),
+            (0, false),
+            "timeout {timeout_ms}"
+        );
+        assert_eq!(r.stdout, b"done\n");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // The smallest timeout kills at once and says so.
+    let mut q = exec(&["sleep", "10"]);
+    q.timeout_ms = 1;
+    let r = c.exec(q).await.unwrap().into_inner();
+    assert!(r.timed_out && r.signal == 9, "{r:?}");
+    assert!(r.duration_ms < 2000, "{}", r.duration_ms);
+
+    let big = "a".repeat(200 << 10);
+    let with_env = |env: Vec<String>| ExecRequest {
+        env,
+        ..exec(&["true"])
+    };
+    let in_dir = |cwd: &str| ExecRequest {
+        cwd: cwd.into(),
+        ..exec(&["true"])
+    };
+    let mut long_argv = vec!["echo".to_string()];
+    long_argv.extend(std::iter::repeat_n("a".repeat(100 << 10), 11));
+    let big_env = (0..20)
+        .map(|i| format!("K{i}={}", "v".repeat(60 << 10)))
+        .collect();
+    let cases: Vec<(ExecRequest, Code, &str)> = vec![
+        (exec(&[]), Code::InvalidArgument, "argv is empty"),
+        (exec(&[""]), Code::InvalidArgument, "argv is empty"),
+        (exec(&["true"; 5000]), Code::InvalidArgument, "at most 4096"),
+        (
+            exec(&["echo", &big]),
+            Code::InvalidArgument,
+            "204800 bytes, longer than 131071",
+        ),
+        (
+            ExecRequest {
+                argv: long_argv,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "in all, more than 1048576",
+        ),
+        (
+            with_env(vec!["K=v".into(); 5000]),
+            Code::InvalidArgument,
+            "at most 4096",
+        ),
+        (
+            with_env(vec![format!("K={big}")]),
+            Code::InvalidArgument,
+            "longer than 131071",
+        ),
+        (with_env(big_env), Code::InvalidArgument, "in all"),
+        (
+            with_env(vec![big.clone()]),
+            Code::InvalidArgument,
+            "longer than",
+        ),
+        (
+            with_env(vec!["NOEQUALS".into()]),
+            Code::InvalidArgument,
+            "is not KEY=VALUE",
+        ),
+        (
+            with_env(vec!["=v".into()]),
+            Code::InvalidArgument,
+            "is not KEY=VALUE",
+        ),
+        (exec(&["echo", "a\0b"]), Code::InvalidArgument, "NUL"),
+        (
+            in_dir("/nonexistent/dir"),
+            Code::InvalidArgument,
+            "cwd /nonexistent/dir",
+        ),
+        (
+            in_dir("/etc/passwd"),
+            Code::InvalidArgument,
+            "is not a directory",
+        ),
+        (in_dir("/x\0y"), Code::InvalidArgument, "without NUL"),
+        (
+            exec(&["/nonexistent/cmd"]),
+            Code::NotFound,
+            "cannot start /nonexistent/cmd",
+        ),
+    ];
+    for (q, code, says) in cases {
+        let what = format!(
+            "exec of {} argv / {} env entries, cwd {:?}",
+            q.argv.len(),
+            q.env.len(),
+            q.cwd
+        );
+        refused(c.exec(q), code, says, &what).await;
+        assert_alive(&mut agent, &mut c, &what).await;
+    }
+    // Over gRPC's 4 MiB request limit: refused before the handler, agent unharmed.
+    let huge = ExecRequest {
+        argv: vec!["x".repeat(100 << 10); 50],
+        ..Default::default()
+    };
+    let says = "decoded message length too large";
+    refused(c.exec(huge), Code::OutOfRange, says, "a 5 MiB exec request").await;
+    assert_alive(&mut agent, &mut c, "a 5 MiB exec request").await;
+    // Megabyte inputs never come back as megabyte messages.
+    let err = refused(
+        c.sysrq(SysrqRequest {
+            key: "k".repeat(1 << 20),
+        }),
+        Code::InvalidArgument,
+        "sysrq key must be one letter",
+        "1 MiB sysrq key",
+    )
+    .await;
+    assert!(err.message().ends_with("... (cut)"), "{}", err.message());
+    assert_alive(&mut agent, &mut c, "1 MiB sysrq key").await;
+}
+
+#[tokio::test]
+async fn exec_output_floods_come_back_capped_with_bounded_agent_memory() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    let before_kib = agent.hwm_kib();
+    // 200 MB through stdout: the default cap (1 MiB) is kept, the rest read and dropped.
+    let started = Instant::now();
+    let r = c
+        .exec(exec(&["head", "-c", "200M", "/dev/zero"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let flood_s = started.elapsed().as_secs_f64();
+    assert_eq!((r.exit_code, r.timed_out), (0, false), "{r:?}");
+    assert_eq!(r.stdout.len(), 1 << 20);
+    assert!(r.stdout_truncated && !r.stderr_truncated);
+    assert!(flood_s < 30.0, "{flood_s} s");
+    // The largest cap on both streams at once still fits the client's default 4 MiB
+    // message limit (a 16 MiB cap made this reply undecodable).
+    let mut q = exec(&[
+        "sh",
+        "-c",
+        "head -c 100M /dev/zero & head -c 100M /dev/zero >&2; wait",
+    ]);
+    q.max_output_bytes = u64::MAX;
+    let r = c.exec(q).await.unwrap().into_inner();
+    assert_eq!(r.stdout.len(), 3 << 19);
+    assert_eq!(r.stderr.len(), 3 << 19);
+    assert!(r.stdout_truncated && r.stderr_truncated);
+    // An endless flood ends at the timeout, capped the same way.
+    let mut q = exec(&["yes"]);
+    q.timeout_ms = 2000;
+    let r = c.exec(q).await.unwrap().into_inner();
+    assert!(r.timed_out, "{r:?}");
+    assert_eq!(r.stdout.len(), 1 << 20);
+    assert!(r.stdout.starts_with(b"y\ny\n") && r.stdout_truncated);
+    assert!(r.duration_ms < 10_000, "{}", r.duration_ms);
+    assert_alive(&mut agent, &mut c, "output floods").await;
+    let hwm_kib = agent.hwm_kib();
+    eprintln!(
+        "agent VmHWM {before_kib} KiB before the floods, {hwm_kib} KiB after; 200 MB flood took {flood_s:.2} s"
+    );
+    assert!(hwm_kib > 0, "VmHWM unreadable");
+    assert!(
+        hwm_kib < 40 << 10,
+        "agent VmHWM {hwm_kib} KiB after the floods"
+    );
+}
+
+#[tokio::test]
+async fn stream_periods_are_clamped_and_watch_lists_bounded() {
+    let fx = Fixture::new();
+    fx.append_records(0, 3);
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+
+    // 1 ms asks for 1000 beats a second; the agent's floor is 10 ms.
+    let mut s = c
+        .stream_events(StreamRequest {
+            heartbeat_ms: 1,
+            counters_ms: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut beats, mut samples) = (0u32, 0u32);
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(1) {
+        match tokio::time::timeout(Duration::from_secs(1), s.next()).await {
+            Ok(Some(Ok(ev))) => match ev.kind {
+                Some(event::Kind::Heartbeat(_)) => beats += 1,
+                Some(event::Kind::Counters(_)) => samples += 1,
+                _ => {}
+            },
+            Ok(other) => panic!("stream ended: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    drop(s);
+    eprintln!("1 ms periods: {beats} heartbeats, {samples} samples in 1 s");
+    assert!((5..=110).contains(&beats), "{beats} heartbeats in 1 s");
+    assert!((1..=110).contains(&samples), "{samples} samples in 1 s");
+    assert_alive(&mut agent, &mut c, "1 ms periods").await;
+
+    // Zero is the default (1 s) and u32::MAX is capped: both streams deliver records
+    // and a first heartbeat at once.
+    for ms in [0, u32::MAX] {
+        let mut s = c
+            .stream_events(StreamRequest {
+                heartbeat_ms: ms,
+                counters_ms: ms,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // The first heartbeat may come before or between the records.
+        let (mut seqs, mut beat) = (Vec::new(), false);
+        while seqs.len() < 3 || !beat {
+            match wait_for(&mut s, |_| true).await.kind {
+                Some(event::Kind::Kmsg(r)) => seqs.push(r.seq),
+                Some(event::Kind::Heartbeat(_)) => beat = true,
+                _ => {}
+            }
+        }
+        assert_eq!(seqs, [0, 1, 2], "{ms} ms periods");
+        assert_alive(&mut agent, &mut c, &format!("{ms} ms periods")).await;
+    }
+    // A resume point far past the ring: heartbeats, no records, no error.
+    let mut s = c
+        .stream_events(stream_req(u64::MAX))
+        .await
+        .unwrap()
+        .into_inner();
+    let ev = wait_for(&mut s, |e| {
+        matches!(
+            e.kind,
+            Some(event::Kind::Heartbeat(_)) | Some(event::Kind::Kmsg(_))
+        )
+    })
+    .await;
+    assert!(matches!(ev.kind, Some(event::Kind::Heartbeat(_))), "{ev:?}");
+
+    for (watch, says) in [
+        (vec!["sh".to_string(); 65], "65 names, more than 64"),
+        (vec!["x".repeat(1 << 20)], "must be 1 to 15 bytes"),
+        (vec![String::new()], "must be 1 to 15 bytes"),
+    ] {
+        let what = format!("fd_watch of {} names", watch.len());
+        let req = StreamRequest {
+            fd_watch: watch.clone(),
+            ..Default::default()
+        };
+        refused(c.stream_events(req), Code::InvalidArgument, says, &what).await;
+        let req = SampleRequest { fd_watch: watch };
+        refused(c.sample_counters(req), Code::InvalidArgument, says, &what).await;
+        assert_alive(&mut agent, &mut c, &what).await;
+    }
+}
+
+#[tokio::test]
+async fn vsock_probe_speaks_enough_http2_to_tell_accepted_from_refused() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    // The probe's judgement against the real server, over the unix socket (never vsock
+    // on the development machine).
+    let socket = agent.socket.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        vexfs_agent::probe::judge(&mut s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(verdict, vexfs_agent::probe::Verdict::Accepted);
+    assert_alive(&mut agent, &mut c, "a raw HTTP/2 probe").await;
+    // Bad probe arguments are a usage error (exit 2) before any socket is opened.
+    for args in [
+        &["probe-vsock"][..],
+        &["probe-vsock", "1"],
+        &["probe-vsock", "x", "5000"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vexfs-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("probe-vsock"), "{args:?}: {err}");
+    }
 }
