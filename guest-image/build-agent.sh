@@ -14,4 +14,11 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build -p vexfs-agent --profile a
     --target x86_64-unknown-linux-gnu >&2
 bin="$REPO/target/x86_64-unknown-linux-gnu/agent/vexfs-agent"
 [ -x "$bin" ] || { echo "[vexfs] error: cargo did not produce $bin" >&2; exit 1; }
+# Size budget (it is the guest's /init, in every initramfs): fail the build past it.
+budget=$((3 * 1024 * 1024))
+size=$(stat -c %s "$bin")
+if [ "$size" -gt "$budget" ]; then
+    echo "[vexfs] error: the agent is $size bytes, over its budget of $budget" >&2
+    exit 1
+fi
 echo "$bin"

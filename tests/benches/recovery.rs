@@ -1,7 +1,7 @@
 //! Benchmark (not a test): detection and recovery times on a real guest.
 //!
 //! Run: `cargo bench -p vexfs-tests --bench recovery [-- ROUNDS [DB]]` after
-//! `scripts/setup.sh`; `VEXFS_BENCH_KERNEL=latest-6.1` picks another image (default:
+//! `scripts/setup.sh`; `VEXFS_BENCH_KERNEL=6.1` picks another image (default:
 //! newest 6.12). Measures under the machine's accelerator: fault → crash row committed
 //! (NULL dereference, reported by console and agent), crash row → recovery decision →
 //! agent healthy again (relaunch), then for each fault of the harness itself (QMP stop,
