@@ -78,6 +78,24 @@ pub enum Observation {
     Verdict(Verdict),
 }
 
+/// What the agent stream delivered, for integrity checks. The kernel log must arrive
+/// whole and in order: each record follows the previous one or a gap the agent
+/// reported (records the ring overwrote); anything else is a delivery fault.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Kmsg records received.
+    pub records: u64,
+    /// Heartbeats received.
+    pub heartbeats: u64,
+    /// Records the agent reported lost (the sum of its gaps).
+    pub lost: u64,
+    /// Records or gaps that did not start where the previous one ended: a seq jump
+    /// no gap explains, a repeat, or a step back.
+    pub out_of_order: u64,
+    /// Longest wait for a heartbeat (from the watch start or the previous one).
+    pub max_heartbeat_gap: Duration,
+}
+
 /// A crash or a failure verdict; when both come, the crash explains the verdict.
 #[derive(Debug, Clone)]
 pub struct Incident {
@@ -127,6 +145,10 @@ struct State {
     agent_restarted: bool,
     backend_exited: bool,
     last_seq: Option<u64>,
+    /// Seq the next kmsg record or gap should start at.
+    next_seq: u64,
+    /// Delivery accounting of the agent stream.
+    stream: StreamStats,
     /// The last task reported stuck (D-state scan or kernel notice).
     stuck_pid: Option<u32>,
     /// (boot id, signature) already reported.
@@ -135,6 +157,31 @@ struct State {
 }
 
 impl State {
+    /// Accounts a kmsg record.
+    fn record(&mut self, seq: u64) {
+        if seq != self.next_seq {
+            self.stream.out_of_order += 1;
+            tracing::warn!(
+                expected = self.next_seq,
+                got = seq,
+                "kmsg record out of order"
+            );
+        }
+        self.stream.records += 1;
+        self.next_seq = seq + 1;
+        self.last_seq = Some(seq);
+    }
+
+    /// Accounts a gap the agent reported (records `from..=to` lost).
+    fn gap(&mut self, from: u64, to: u64) {
+        if from != self.next_seq {
+            self.stream.out_of_order += 1;
+            tracing::warn!(expected = self.next_seq, from, "kmsg gap out of order");
+        }
+        self.stream.lost += to.saturating_sub(from) + 1;
+        self.next_seq = to + 1;
+    }
+
     fn signals(&self, now: Instant) -> Signals {
         let age = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
         Signals {
@@ -171,9 +218,56 @@ pub struct Watch {
 impl Watch {
     /// Starts watching `vm`, whose agent answered Health with `boot_id` and `agent_pid`.
     pub fn start(vm: &Vm, boot_id: &str, agent_pid: u32, opts: WatchOptions) -> Watch {
-        let now = Instant::now();
+        let (mut watch, tx) = Watch::empty(boot_id, agent_pid, opts.timeouts);
+        let state = watch.state.clone();
+        watch
+            .tasks
+            .spawn(console_task(vm, state.clone(), tx.clone()));
+        if let Some(addr) = vm.agent_address().cloned() {
+            watch
+                .tasks
+                .spawn(agent_task(addr, state.clone(), tx.clone(), opts.clone()));
+        }
+        watch.tasks.spawn(qmp_task(vm, state.clone()));
+        watch
+            .tasks
+            .spawn(exit_task(vm.exit_watch(), state.clone(), |s, status| {
+                s.qemu_exited = Some(status.code());
+            }));
+        watch
+            .tasks
+            .spawn(exit_task(vm.daemon_exit_watch(), state.clone(), |s, _| {
+                s.backend_exited = true;
+            }));
+        watch
+            .tasks
+            .spawn(qmp_probe_task(vm, state.clone(), opts.timeouts));
+        watch.tasks.spawn(judge_task(state, tx, opts.timeouts));
+        watch
+    }
+
+    /// Starts watching a guest through its agent alone (no console, QMP or QEMU
+    /// process: an agent in dev mode, or a guest something else runs). The agent and
+    /// the verdicts are watched exactly as by [`Watch::start`]; silence is judged
+    /// without a console, so it always reads as a hung guest.
+    pub fn start_agent(addr: Address, boot_id: &str, agent_pid: u32, opts: WatchOptions) -> Watch {
+        let (mut watch, tx) = Watch::empty(boot_id, agent_pid, opts.timeouts);
+        let state = watch.state.clone();
+        watch
+            .tasks
+            .spawn(agent_task(addr, state.clone(), tx.clone(), opts.clone()));
+        watch.tasks.spawn(judge_task(state, tx, opts.timeouts));
+        watch
+    }
+
+    /// A watch with fresh state and no tasks yet, and the sender its tasks report to.
+    fn empty(
+        boot_id: &str,
+        agent_pid: u32,
+        timeouts: Timeouts,
+    ) -> (Watch, mpsc::Sender<Observation>) {
         let state: Shared = Arc::new(Mutex::new(State {
-            last_heartbeat: Some(now),
+            last_heartbeat: Some(Instant::now()),
             last_console: None,
             panic_seen: false,
             vm_state: VmState::Running,
@@ -185,31 +279,20 @@ impl Watch {
             agent_restarted: false,
             backend_exited: false,
             last_seq: None,
+            next_seq: 0,
+            stream: StreamStats::default(),
             stuck_pid: None,
             seen: HashSet::new(),
             excerpt: std::collections::VecDeque::with_capacity(EXCERPT_LINES),
         }));
         let (tx, rx) = mpsc::channel(4096);
-        let mut tasks = JoinSet::new();
-        tasks.spawn(console_task(vm, state.clone(), tx.clone()));
-        if let Some(addr) = vm.agent_address().cloned() {
-            tasks.spawn(agent_task(addr, state.clone(), tx.clone(), opts.clone()));
-        }
-        tasks.spawn(qmp_task(vm, state.clone()));
-        tasks.spawn(exit_task(vm.exit_watch(), state.clone(), |s, status| {
-            s.qemu_exited = Some(status.code());
-        }));
-        tasks.spawn(exit_task(vm.daemon_exit_watch(), state.clone(), |s, _| {
-            s.backend_exited = true;
-        }));
-        tasks.spawn(qmp_probe_task(vm, state.clone(), opts.timeouts));
-        tasks.spawn(judge_task(state.clone(), tx, opts.timeouts));
-        Watch {
+        let watch = Watch {
             state,
             rx,
-            tasks,
-            timeouts: opts.timeouts,
-        }
+            tasks: JoinSet::new(),
+            timeouts,
+        };
+        (watch, tx)
     }
 
     /// The next observation (None when every task ended).
@@ -238,6 +321,11 @@ impl Watch {
     /// Last kmsg seq the watcher has read.
     pub fn last_seq(&self) -> Option<u64> {
         lock(&self.state).last_seq
+    }
+
+    /// How the agent stream delivered so far: records, heartbeats, losses.
+    pub fn stream_stats(&self) -> StreamStats {
+        lock(&self.state).stream
     }
 
     /// The last console lines, for crash excerpts.
@@ -487,7 +575,8 @@ async fn agent_task(
                 }
                 s.agent_pid = health.agent_pid;
             }
-            let from_seq = lock(&state).last_seq.map_or(0, |s| s + 1);
+            // Resume after the last record or gap seen, so nothing is delivered twice.
+            let from_seq = lock(&state).next_seq;
             let req = StreamRequest {
                 from_seq,
                 heartbeat_ms: u32::try_from(opts.timeouts.heartbeat.as_millis()).unwrap_or(1000),
@@ -536,15 +625,21 @@ async fn agent_task(
             };
             let obs = match ev.kind {
                 Some(event::Kind::Heartbeat(hb)) => {
+                    let now = Instant::now();
                     let mut s = lock(&state);
-                    s.last_heartbeat = Some(Instant::now());
+                    if let Some(prev) = s.last_heartbeat {
+                        let gap = now.saturating_duration_since(prev);
+                        s.stream.max_heartbeat_gap = s.stream.max_heartbeat_gap.max(gap);
+                    }
+                    s.stream.heartbeats += 1;
+                    s.last_heartbeat = Some(now);
                     if !hb.boot_id.is_empty() {
                         s.current_boot_id = hb.boot_id;
                     }
                     None
                 }
                 Some(event::Kind::Kmsg(r)) => {
-                    lock(&state).last_seq = Some(r.seq);
+                    lock(&state).record(r.seq);
                     dirty = true;
                     let done = classifier.feed(&kmsg_line(&r));
                     if !report(&state, &tx, done, CrashSource::Kmsg).await {
@@ -557,10 +652,13 @@ async fn agent_task(
                     Some(Observation::Hung(h))
                 }
                 Some(event::Kind::Counters(c)) => Some(Observation::Counters(Box::new(c))),
-                Some(event::Kind::Gap(g)) => Some(Observation::Gap {
-                    from: g.from,
-                    to: g.to,
-                }),
+                Some(event::Kind::Gap(g)) => {
+                    lock(&state).gap(g.from, g.to);
+                    Some(Observation::Gap {
+                        from: g.from,
+                        to: g.to,
+                    })
+                }
                 None => None,
             };
             if let Some(obs) = obs
@@ -693,6 +791,35 @@ mod tests {
             kmsg_line(&r),
             "[   12.345678][   T42] BUG: kernel NULL pointer dereference, address: 0000000000000000"
         );
+    }
+
+    #[test]
+    fn stream_accounting_flags_holes_repeats_and_reordering() {
+        let (watch, _tx) = Watch::empty("b", 1, Timeouts::default());
+        {
+            let mut s = lock(&watch.state);
+            // The ring overwrote 0..=2 before the first read: a gap, then in order.
+            s.gap(0, 2);
+            for seq in 3..6 {
+                s.record(seq);
+            }
+            s.gap(6, 7);
+            s.record(8);
+        }
+        let clean = watch.stream_stats();
+        assert_eq!((clean.records, clean.lost, clean.out_of_order), (4, 5, 0));
+        assert_eq!(lock(&watch.state).next_seq, 9);
+        {
+            let mut s = lock(&watch.state);
+            s.record(10); // 9 vanished without a gap
+            s.record(10); // delivered twice
+            s.record(7); // backwards
+            s.gap(5, 6); // a gap that does not start where delivery stands
+        }
+        let st = watch.stream_stats();
+        assert_eq!(st.out_of_order, 4);
+        assert_eq!(st.records, 7);
+        assert_eq!(watch.last_seq(), Some(7));
     }
 
     #[test]
