@@ -12,6 +12,8 @@ pub mod results;
 pub mod runner;
 pub mod store;
 pub mod supervisor;
+#[cfg(test)]
+mod test_agent;
 pub mod transport;
 pub mod trend;
 pub mod verdict;

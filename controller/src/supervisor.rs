@@ -133,7 +133,10 @@ impl Default for WatchOptions {
 /// What the watcher knows, shared between its tasks.
 #[derive(Debug)]
 struct State {
-    last_heartbeat: Option<Instant>,
+    /// Last event of any kind from the agent: the silence clock.
+    last_alive: Option<Instant>,
+    /// Last heartbeat.
+    last_beat: Option<Instant>,
     last_console: Option<Instant>,
     panic_seen: bool,
     vm_state: VmState,
@@ -188,7 +191,7 @@ impl State {
             qemu_exited: self.qemu_exited,
             vm_state: self.vm_state,
             panic_seen: self.panic_seen,
-            since_heartbeat: age(self.last_heartbeat),
+            since_heartbeat: age(self.last_alive),
             since_console: age(self.last_console),
             boot_id: self.boot_id.clone(),
             current_boot_id: self.current_boot_id.clone(),
@@ -266,8 +269,10 @@ impl Watch {
         agent_pid: u32,
         timeouts: Timeouts,
     ) -> (Watch, mpsc::Sender<Observation>) {
+        let now = Instant::now();
         let state: Shared = Arc::new(Mutex::new(State {
-            last_heartbeat: Some(Instant::now()),
+            last_alive: Some(now),
+            last_beat: Some(now),
             last_console: None,
             panic_seen: false,
             vm_state: VmState::Running,
@@ -623,16 +628,20 @@ async fn agent_task(
                     break;
                 }
             };
+            // Any event shows the agent alive, not only a heartbeat: behind a backlog
+            // of records (a controller busy with many guests) the heartbeat waits its
+            // turn in the same stream, while the records ahead of it keep arriving.
+            let now = Instant::now();
+            lock(&state).last_alive = Some(now);
             let obs = match ev.kind {
                 Some(event::Kind::Heartbeat(hb)) => {
-                    let now = Instant::now();
                     let mut s = lock(&state);
-                    if let Some(prev) = s.last_heartbeat {
+                    if let Some(prev) = s.last_beat {
                         let gap = now.saturating_duration_since(prev);
                         s.stream.max_heartbeat_gap = s.stream.max_heartbeat_gap.max(gap);
                     }
                     s.stream.heartbeats += 1;
-                    s.last_heartbeat = Some(now);
+                    s.last_beat = Some(now);
                     if !hb.boot_id.is_empty() {
                         s.current_boot_id = hb.boot_id;
                     }
@@ -730,7 +739,7 @@ fn qmp_probe_task(
         loop {
             tick.tick().await;
             let late = lock(&state)
-                .last_heartbeat
+                .last_alive
                 .is_none_or(|t| t.elapsed() >= timeouts.heartbeat * 3);
             if !late {
                 continue;
@@ -820,6 +829,56 @@ mod tests {
         assert_eq!(st.out_of_order, 4);
         assert_eq!(st.records, 7);
         assert_eq!(watch.last_seq(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn records_keep_a_busy_agent_alive_and_silence_is_still_judged() {
+        use crate::test_agent::{FakeAgent, serve};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let (agent, feed) = FakeAgent::with_feed();
+        serve(&path, agent);
+        let opts = WatchOptions {
+            timeouts: Timeouts {
+                heartbeat: Duration::from_millis(100),
+                silence: Duration::from_millis(600),
+            },
+            counters: None,
+            fd_watch: Vec::new(),
+        };
+        let mut watch = Watch::start_agent(Address::Unix(path), "b1", 1, opts);
+        // Records for three times the silence limit, and never a heartbeat: what a
+        // heartbeat stuck behind a backlog of records looks like.
+        for seq in 0..36 {
+            let rec = vexfs_proto::KmsgRecord {
+                seq,
+                text: format!("line {seq}"),
+                ..Default::default()
+            };
+            let ev = vexfs_proto::Event {
+                kind: Some(event::Kind::Kmsg(rec)),
+            };
+            feed.send(Ok(ev)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut seen = Vec::new();
+        while let Some(o) = watch.recv_timeout(Duration::from_millis(1)).await {
+            seen.push(o);
+        }
+        assert!(seen.is_empty(), "{seen:?}");
+        assert_eq!(watch.verdict(), Verdict::Healthy);
+        let st = watch.stream_stats();
+        assert_eq!((st.records, st.heartbeats, st.out_of_order), (36, 0, 0));
+        // The stream stays open but nothing comes: silence, judged as before.
+        let v = loop {
+            match watch.recv_timeout(Duration::from_secs(5)).await {
+                Some(Observation::Verdict(v)) if v.is_failure() => break v,
+                Some(_) => {}
+                None => panic!("no verdict after the agent fell silent"),
+            }
+        };
+        assert_eq!(v, Verdict::GuestHung);
+        drop(feed);
     }
 
     #[test]

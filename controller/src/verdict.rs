@@ -50,7 +50,8 @@ pub struct Signals {
     pub vm_state: VmState,
     /// The console or kmsg showed `Kernel panic - not syncing`.
     pub panic_seen: bool,
-    /// Time since the last agent heartbeat (None: none yet).
+    /// Time since the agent last sent anything: a heartbeat, or any other event, which
+    /// shows it alive as well (None: nothing yet).
     pub since_heartbeat: Option<Duration>,
     /// Time since the last console output.
     pub since_console: Option<Duration>,
