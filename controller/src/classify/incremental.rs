@@ -282,5 +282,6 @@ fn close(mut p: Pending) -> CrashReport {
 
 /// Newline count; a plain loop the compiler vectorises.
 fn count_newlines(b: &[u8]) -> usize {
-    b.iter().filter(|&&c| c == b'\n').count()
+    // memchr: the supervisor counts every kmsg line of every guest through here.
+    memchr::memchr_iter(b'\n', b).count()
 }
