@@ -307,34 +307,42 @@ impl Store {
     }
 
     fn setup(conn: Connection) -> Result<Self> {
+        // Several connections share the file (each kernel task of a run, two
+        // controllers): wait for their locks, from the very first statement on.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL: readers (vexctl crashes) never block the supervisor's writes, and a
         // killed writer loses no committed row.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mut store = Self { conn };
         store.migrate()?;
         Ok(store)
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
+        let version = self.schema_version()?;
+        if version == known {
+            return Ok(());
+        }
+        // Take the write lock before looking again: of connections opening a new file
+        // together, one migrates and the others then find the schema done.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > known {
             return Err(Error::TooNew {
                 found: version,
                 known,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction()?;
+        for sql in MIGRATIONS.iter().skip(version as usize) {
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
         }
+        tx.pragma_update(None, "user_version", known)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -729,6 +737,46 @@ mod tests {
             detected_at_ms: at,
             report: "BUG: kernel NULL pointer dereference".into(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_on_one_new_file_all_succeed() {
+        // Kernel tasks of one run, or two controllers (shards, a resume), open the same
+        // file at once, the first time too: every open and every row must succeed.
+        const WRITERS: usize = 8;
+        const ROWS: usize = 20;
+        for round in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("crashes.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(WRITERS));
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let (db, start) = (db.clone(), start.clone());
+                    std::thread::spawn(move || -> Result<()> {
+                        start.wait();
+                        let mut s = Store::open(&db)?;
+                        let run = s.begin_run("concurrent", "{}")?;
+                        for i in 0..ROWS {
+                            let mut c = crash(&format!("sig{}", i % 3), "6.12", "t", 1);
+                            c.run_id = Some(run);
+                            c.test_name = format!("w{w}-{i}");
+                            s.record_crash(&c)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for (w, h) in writers.into_iter().enumerate() {
+                if let Err(e) = h.join().unwrap() {
+                    panic!("round {round}, writer {w}: {e}");
+                }
+            }
+            let s = Store::open(&db).unwrap();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            assert_eq!(s.stats(None).unwrap().crashes, (WRITERS * ROWS) as i64);
+            let bucketed: i64 = s.buckets().unwrap().iter().map(|b| b.count).sum();
+            assert_eq!(bucketed, (WRITERS * ROWS) as i64);
         }
     }
 
