@@ -178,7 +178,8 @@ impl AgentProcess {
     }
 }
 
-fn status_field(pid: u32, field: &str) -> u64 {
+/// A KiB field of /proc/PID/status (PID may be "self"), 0 when unreadable.
+pub fn status_field(pid: impl std::fmt::Display, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
