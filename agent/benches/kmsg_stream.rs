@@ -22,18 +22,6 @@ fn kernel_like_line(seq: u64) -> String {
     )
 }
 
-/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let records: u64 = std::env::args()
@@ -51,7 +39,7 @@ async fn main() {
     let rss_idle = agent.rss_kib();
 
     // Throughput: drain a backlog of `records` records.
-    let cpu_before = cpu_time(agent.pid());
+    let cpu_before = common::cpu_time(agent.pid());
     let started = Instant::now();
     let mut stream = client
         .stream_events(StreamRequest {
@@ -79,9 +67,8 @@ async fn main() {
         }
     }
     let elapsed = started.elapsed();
-    let drain_cpu = cpu_time(agent.pid()) - cpu_before;
+    let drain_cpu = common::cpu_time(agent.pid()) - cpu_before;
     let rate = records as f64 / elapsed.as_secs_f64();
-
 
     // Latency: append one record at a time and time its arrival on the live stream.
     let mut lat = Vec::new();
@@ -163,13 +150,13 @@ async fn main() {
         .expect("idle stream")
         .into_inner();
     let idle_for = Duration::from_secs(10);
-    let cpu_idle_before = cpu_time(fifo_agent.pid());
+    let cpu_idle_before = common::cpu_time(fifo_agent.pid());
     let idle_end = Instant::now() + idle_for;
     let mut idle_events = 0;
     while let Ok(Some(Ok(_))) = tokio::time::timeout_at(idle_end.into(), idle_stream.next()).await {
         idle_events += 1;
     }
-    let idle_cpu = cpu_time(fifo_agent.pid()) - cpu_idle_before;
+    let idle_cpu = common::cpu_time(fifo_agent.pid()) - cpu_idle_before;
     drop(idle_stream);
     fifo_lat.sort();
     let fpct = |p: f64| fifo_lat[((fifo_lat.len() as f64 - 1.0) * p) as usize];

@@ -14,7 +14,7 @@ use vexfs_controller::supervisor::{Observation, StreamStats, Watch, WatchOptions
 use vexfs_controller::transport::Address;
 use vexfs_controller::verdict::{Timeouts, Verdict};
 
-use crate::common::{AgentProcess, Fixture, status_field};
+use crate::common::{AgentProcess, Fixture, cpu_time, status_field};
 
 /// How often the writer appends a batch to every agent's log.
 const TICK: Duration = Duration::from_millis(10);
@@ -270,22 +270,6 @@ fn write_logs(
     (start, elapsed, cpu)
 }
 
-/// User + system CPU time of a process (all its threads) from /proc/PID/stat.
-pub fn process_cpu(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 /// What a watch's drain task hands back.
 struct Drained {
     watch: Watch,
@@ -376,8 +360,8 @@ pub async fn run(params: Params) -> Outcome {
     }
 
     let pids: Vec<String> = agents.iter().map(|a| a.pid().to_string()).collect();
-    let agent_cpu0: Vec<Duration> = pids.iter().map(|p| process_cpu(p)).collect();
-    let self_cpu0 = process_cpu("self");
+    let agent_cpu0: Vec<Duration> = pids.iter().map(cpu_time).collect();
+    let self_cpu0 = cpu_time("self");
 
     let drains: Vec<_> = watches
         .into_iter()
@@ -421,7 +405,7 @@ pub async fn run(params: Params) -> Outcome {
         .max()
         .unwrap_or_else(Instant::now);
     let wall = end.saturating_duration_since(start);
-    let self_cpu = process_cpu("self").saturating_sub(self_cpu0);
+    let self_cpu = cpu_time("self").saturating_sub(self_cpu0);
 
     let results = drained
         .into_iter()
@@ -434,7 +418,7 @@ pub async fn run(params: Params) -> Outcome {
             final_verdict: d.watch.verdict(),
             max_backlog: d.max_backlog,
             done_after: d.done_at.map(|t| t.saturating_duration_since(start)),
-            cpu: process_cpu(&pids[i]).saturating_sub(agent_cpu0[i]),
+            cpu: cpu_time(&pids[i]).saturating_sub(agent_cpu0[i]),
             hwm_kib: status_field(&pids[i], "VmHWM:"),
         })
         .collect();

@@ -178,6 +178,19 @@ impl AgentProcess {
     }
 }
 
+/// CPU time (user + system, all threads) a process has used so far, from
+/// /proc/PID/stat (PID may be "self").
+pub fn cpu_time(pid: impl std::fmt::Display) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 /// A KiB field of /proc/PID/status (PID may be "self"), 0 when unreadable.
 pub fn status_field(pid: impl std::fmt::Display, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
