@@ -5,8 +5,9 @@
 //! hit opens a report; lines are then taken one by one until the report ends: an end
 //! marker (`---[ end trace`, a sanitizer's closing `====`, `</TASK>`) followed by an
 //! unrelated line, the next crash header, a gap of unrelated lines, a size cap, or
-//! [`Classifier::finish`]. Only complete lines are ever examined, so how the input
-//! is chunked cannot change the result.
+//! [`Classifier::finish`]. Only complete lines are ever examined, and each line is
+//! cut to [`MAX_LINE_BYTES`] as it arrives, so how the input is chunked cannot change
+//! the result and a stream that never sends a newline cannot grow the buffer.
 
 use std::sync::LazyLock;
 
@@ -22,6 +23,12 @@ use super::parse;
 const GAP: usize = 15;
 /// Cap on the lines of one report.
 const MAX_LINES: usize = 2000;
+/// Longest line kept, in bytes; the rest of a longer line is dropped unseen. Kernel
+/// lines are at most ~1 KiB and the longest line of the syzkaller corpus is ~8 KiB.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Cap on the text of one report (raw plus stripped lines), so a report of many
+/// maximal lines stays small: real reports are a few tens of KiB.
+const MAX_REPORT_BYTES: usize = 1024 * 1024;
 /// Cap on interleaved lines from other callers while a report is open.
 const MAX_FOREIGN: usize = 2000;
 /// After an end marker, this many foreign lines finish the report.
@@ -72,15 +79,32 @@ struct Pending {
     lines: Vec<Line>,
     /// Number of leading `lines` that belong to the report.
     keep: usize,
+    /// Bytes of text held in `lines`.
+    bytes: usize,
     gap: usize,
     foreign: usize,
     ended: bool,
 }
 
+impl Pending {
+    fn push(&mut self, line: Line) {
+        self.bytes += line.raw.len() + line.text.len();
+        self.lines.push(line);
+    }
+
+    /// The report reached a size cap and must close.
+    fn full(&self) -> bool {
+        self.lines.len() >= MAX_LINES || self.bytes >= MAX_REPORT_BYTES
+    }
+}
+
 /// Incremental crash classifier over a byte stream.
 #[derive(Default, Clone)]
 pub struct Classifier {
+    /// Input not yet examined, every line already cut to [`MAX_LINE_BYTES`].
     buf: Vec<u8>,
+    /// Bytes of the unterminated last line seen so far, dropped ones included.
+    line_len: usize,
     line_no: usize,
     pending: Option<Pending>,
 }
@@ -103,10 +127,39 @@ impl Classifier {
 
     /// Feeds more bytes; returns the reports this input completed.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<CrashReport> {
-        self.buf.extend_from_slice(bytes);
+        self.append(bytes);
         let mut out = Vec::new();
         self.process(false, &mut out);
         out
+    }
+
+    /// Appends `bytes` to the buffer, keeping at most [`MAX_LINE_BYTES`] of each line
+    /// (the cut depends only on the line, never on where a chunk ended).
+    fn append(&mut self, bytes: &[u8]) {
+        // `bytes[..copied]` is in the buffer or dropped; the current line started
+        // `line_len` bytes before `start`.
+        let mut copied = 0;
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
+        for end in ends {
+            let len = self.line_len.saturating_add(end - start);
+            if len > MAX_LINE_BYTES {
+                let keep = MAX_LINE_BYTES
+                    .saturating_sub(self.line_len)
+                    .min(end - start);
+                if copied < start + keep {
+                    self.buf.extend_from_slice(&bytes[copied..start + keep]);
+                }
+                copied = copied.max(end);
+            }
+            self.line_len = len;
+            if end < bytes.len() {
+                // The newline ends the line; it is copied with what follows.
+                start = end + 1;
+                self.line_len = 0;
+            }
+        }
+        self.buf.extend_from_slice(&bytes[copied..]);
     }
 
     /// Ends the input: the last partial line is a line, open reports complete.
@@ -179,9 +232,12 @@ impl Classifier {
             && !foreign
         {
             if attached(p, hit) {
-                p.lines.push(line);
+                p.push(line);
                 p.keep = p.lines.len();
                 p.gap = 0;
+                if p.full() {
+                    out.extend(self.pending.take().map(close));
+                }
                 return;
             }
             // Another task's message landing inside a stack dump is interleaving,
@@ -209,7 +265,7 @@ impl Classifier {
             out.extend(self.pending.take().map(close));
             return;
         }
-        p.lines.push(line);
+        p.push(line);
         if reportish {
             p.keep = p.lines.len();
             p.gap = 0;
@@ -220,7 +276,7 @@ impl Classifier {
         if SOFT_END.is_match(last) && (p.lines.len() > 3 || !last.starts_with('=')) {
             p.ended = true;
         }
-        if p.gap >= GAP || p.lines.len() >= MAX_LINES {
+        if p.gap >= GAP || p.full() {
             out.extend(self.pending.take().map(close));
         }
     }
@@ -231,6 +287,7 @@ impl Classifier {
             start_line: self.line_no,
             caller: line.caller.clone(),
             stamps: line.stamps,
+            bytes: line.raw.len() + line.text.len(),
             lines: vec![line],
             keep: 1,
             gap: 0,

@@ -20,7 +20,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use incremental::Classifier;
+pub use incremental::{Classifier, MAX_LINE_BYTES};
 
 /// What kind of crash a report is (definitions: the crash corpus README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

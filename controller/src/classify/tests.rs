@@ -345,6 +345,61 @@ fn incremental_on_guest_logs() {
     }
 }
 
+#[test]
+fn over_long_lines_are_cut_the_same_way_in_every_chunking() {
+    let header = b"BUG: kernel NULL pointer dereference, address: 0000000000000000";
+    // A header past the cut is never seen; one before it opens a report whose first
+    // line is the cut line.
+    let mut beyond = vec![b'x'; MAX_LINE_BYTES];
+    beyond.extend_from_slice(header);
+    beyond.extend_from_slice(b"\nCall Trace:\n f+0x1/0x2\n");
+    assert!(classify(&beyond).is_empty());
+    assert!(chunked(&beyond, &[MAX_LINE_BYTES - 1, 2, 5]).is_empty());
+    let mut within = header.to_vec();
+    within.resize(3 * MAX_LINE_BYTES, b'y');
+    within.extend_from_slice(b"\n RIP: 0010:vexfs_x+0x1/0x2 [vexfs]\n");
+    let whole = classify(&within);
+    assert_eq!(whole.len(), 1);
+    let first = whole[0].report.split('\n').next().unwrap_or_default();
+    assert_eq!(first.len(), MAX_LINE_BYTES);
+    for cuts in [
+        &[1usize; 0][..],
+        &[7, MAX_LINE_BYTES, 1],
+        &[MAX_LINE_BYTES - 1, 1, 1],
+    ] {
+        assert_eq!(chunked(&within, cuts), whole);
+    }
+    let mut c = Classifier::new();
+    for _ in 0..64 {
+        assert!(c.feed(&[b'z'; 64 << 10]).is_empty());
+    }
+    assert!(format!("{c:?}").contains(&format!("buffered: {MAX_LINE_BYTES}")));
+}
+
+#[test]
+fn a_report_of_huge_lines_closes_at_its_size_cap() {
+    let mut log = b"WARNING: CPU: 0 PID: 1 at a.c:1 vexfs_write+0x1/0x2 [vexfs]\n".to_vec();
+    let mut frame = b" vexfs_write+0x1/0x2 [vexfs] ".to_vec();
+    frame.resize(MAX_LINE_BYTES, b'z');
+    frame.push(b'\n');
+    for _ in 0..200 {
+        log.extend_from_slice(&frame);
+    }
+    let r = classify(&log);
+    assert_eq!(r.len(), 1);
+    let lines = r[0].report.split('\n').count();
+    assert!((2..200).contains(&lines), "{lines} lines");
+    assert!(r[0].report.len() <= 1 << 20);
+    // Panic lines attach to an open warning without limit of their own: the caps
+    // still close the report.
+    let mut log = b"WARNING: CPU: 0 PID: 1 at a.c:1 vexfs_write+0x1/0x2 [vexfs]\n".to_vec();
+    for _ in 0..3000 {
+        log.extend_from_slice(b"Kernel panic - not syncing: again\n");
+    }
+    let r = classify(&log);
+    assert!(r[0].report.split('\n').count() <= 2000);
+}
+
 fn crashy_bytes() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
         Just(b"BUG: kernel NULL pointer dereference, address: 0\n".to_vec()),
