@@ -133,7 +133,8 @@ impl Decoder {
                     let chunk = &bytes[..nl];
                     bytes = &bytes[nl + 1..];
                     if self.partial.is_empty() {
-                        self.line(chunk, false, out);
+                        // Held to the same cap as a line that came in pieces.
+                        self.line(chunk, chunk.len() > MAX_LINE, out);
                     } else {
                         let room = MAX_LINE.saturating_sub(self.partial.len());
                         let overflow = self.partial_overflow || chunk.len() > room;
@@ -194,13 +195,22 @@ impl Decoder {
                 if rec.seq < self.next_seq {
                     return; // already delivered before the resume point
                 }
+                // The kernel's seq never gets near u64::MAX; one that does leaves no
+                // next seq to expect, so it is not a record we can deliver in order.
+                let Some(next_seq) = rec.seq.checked_add(1) else {
+                    out.push(Item::Malformed(format!(
+                        "record seq {} is out of range",
+                        rec.seq
+                    )));
+                    return;
+                };
                 if rec.seq > self.next_seq {
                     out.push(Item::Gap(Gap {
                         from: self.next_seq,
                         to: rec.seq - 1,
                     }));
                 }
-                self.next_seq = rec.seq + 1;
+                self.next_seq = next_seq;
                 self.pending = Some(rec);
             }
         }
@@ -375,6 +385,42 @@ mod tests {
         d.flush(&mut out);
         assert!(matches!(out[0], Item::Malformed(_)));
         assert_eq!(records(&out), vec![1]);
+    }
+
+    #[test]
+    fn overlong_line_in_one_read_is_cut_too() {
+        let mut long = b"6,0,1,-;".to_vec();
+        long.resize(MAX_LINE + 1, b'a');
+        long.extend_from_slice(b"\n6,1,1,-;after\n");
+        let mut d = Decoder::new(0);
+        let mut out = Vec::new();
+        d.feed(&long, &mut out);
+        d.flush(&mut out);
+        assert!(matches!(&out[0], Item::Malformed(m) if m.starts_with("line longer than")));
+        assert_eq!(records(&out), vec![1]);
+        // Exactly at the cap is still a record.
+        long.truncate(MAX_LINE);
+        long.push(b'\n');
+        let mut out = Vec::new();
+        let mut d = Decoder::new(0);
+        d.feed(&long, &mut out);
+        d.flush(&mut out);
+        assert_eq!(records(&out), vec![0]);
+    }
+
+    #[test]
+    fn last_possible_seq_is_malformed_not_an_overflow() {
+        let mut d = Decoder::new(u64::MAX - 1);
+        let mut out = Vec::new();
+        d.feed(
+            b"6,18446744073709551614,1,-;a\n6,18446744073709551615,1,-;b\n KEY=v\n",
+            &mut out,
+        );
+        d.flush(&mut out);
+        assert_eq!(records(&out), vec![u64::MAX - 1]);
+        assert!(matches!(&out[1], Item::Malformed(m) if m.contains("out of range")));
+        assert_eq!(out.len(), 2);
+        assert_eq!(d.next_seq(), u64::MAX);
     }
 
     proptest! {
