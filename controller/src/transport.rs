@@ -14,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Longest hybrid-vsock reply line accepted (`OK 4294967295\n` is 14 bytes).
-const MAX_REPLY_LINE: usize = 64;
+/// Longest hybrid-vsock reply line accepted (`OK 4294967295\n` is 14 bytes); the
+/// handshake reads no further than this on a peer that never sends a newline.
+pub const MAX_REPLY_LINE: usize = 64;
 /// How long the backend may take to answer `CONNECT` (it answers at once when the
 /// guest is alive; a stuck backend must not hang the caller).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,11 +214,13 @@ where
             ));
         }
     }
-    let text = String::from_utf8_lossy(&line);
-    let text = text.trim_end_matches('\r');
-    text.strip_prefix("OK ")
-        .and_then(|n| n.trim().parse::<u32>().ok())
-        .ok_or_else(|| TransportError::BadReply(text.to_string()))
+    // Exactly `OK <decimal port>` as the backend writes it; a CR before the newline
+    // is tolerated, signs and spaces are not.
+    let text = line.strip_suffix(b"\r").unwrap_or(&line);
+    text.strip_prefix(b"OK ")
+        .filter(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u32>().ok())
+        .ok_or_else(|| TransportError::BadReply(String::from_utf8_lossy(text).into_owned()))
 }
 
 async fn connect_unix(path: &Path) -> Result<UnixStream, TransportError> {
@@ -395,7 +398,15 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_rejects_garbage_and_long_lines() {
-        for reply in [&b"NO 5\n"[..], b"OK x\n", b"OK 5", &[b'A'; 200][..]] {
+        for reply in [
+            &b"NO 5\n"[..],
+            b"OK x\n",
+            b"OK 5",
+            b"OK +5\n",
+            b"OK 5 \n",
+            b"OK 4294967296\n",
+            &[b'A'; 200][..],
+        ] {
             let (mut client, mut server) = tokio::io::duplex(512);
             let reply = reply.to_vec();
             tokio::spawn(async move {
