@@ -85,6 +85,8 @@ struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
     start: usize,
+    /// Bytes after `start` already searched for a newline.
+    searched: usize,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -93,6 +95,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             inner,
             buf: Vec::with_capacity(4096),
             start: 0,
+            searched: 0,
         }
     }
 
@@ -100,20 +103,24 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     async fn next_line(&mut self) -> Result<Option<Vec<u8>>, QmpError> {
         let mut skipping = false;
         loop {
-            if let Some(pos) = memchr::memchr(b'\n', &self.buf[self.start..]) {
-                let line = self.buf[self.start..self.start + pos].to_vec();
-                self.start += pos + 1;
-                if skipping {
-                    return Err(QmpError::LineTooLong);
-                }
-                return Ok(Some(line));
+            let from = self.start + self.searched;
+            if let Some(pos) = memchr::memchr(b'\n', &self.buf[from..]) {
+                let end = from + pos;
+                // Judged on the whole line, so where reads split it cannot matter.
+                let line = (!skipping && end - self.start <= MAX_LINE)
+                    .then(|| self.buf[self.start..end].to_vec());
+                self.start = end + 1;
+                self.searched = 0;
+                return line.map(Some).ok_or(QmpError::LineTooLong);
             }
             // Compact, then bound what we keep of an unfinished line.
             self.buf.drain(..self.start);
             self.start = 0;
+            self.searched = self.buf.len();
             if self.buf.len() > MAX_LINE {
                 skipping = true;
                 self.buf.clear();
+                self.searched = 0;
             }
             let mut chunk = [0u8; 8192];
             let n = self
@@ -209,7 +216,16 @@ impl Qmp {
         );
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (events, _) = broadcast::channel(256);
-        let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
+        let reader = tokio::spawn({
+            let (pending, events) = (pending.clone(), events.clone());
+            async move {
+                read_loop(lines, |m| dispatch(m, &pending, &events)).await;
+                // Dropping the senders wakes every waiter with Closed.
+                if let Ok(mut p) = pending.lock() {
+                    p.clear();
+                }
+            }
+        });
         let qmp = Qmp {
             writer: tokio::sync::Mutex::new(write),
             pending,
@@ -359,10 +375,31 @@ impl Qmp {
     }
 }
 
+/// One message QEMU sent after the greeting.
+#[derive(Debug)]
+pub enum Message {
+    /// An asynchronous event.
+    Event(QmpEvent),
+    /// The reply to a command.
+    Reply {
+        /// The command's `id`.
+        id: u64,
+        /// Its `return` value, or its `error` (or the lack of both) as an error.
+        result: Result<Value, QmpError>,
+    },
+}
+
+/// Reads messages from `reader` until EOF or a read error and hands each to
+/// `deliver`; over-long lines and lines that are no QMP message are logged and
+/// skipped. The connection's reader task runs this loop; public for the fuzz tests.
+#[doc(hidden)]
+pub async fn read_messages<R: AsyncRead + Unpin>(reader: R, deliver: impl FnMut(Message)) {
+    read_loop(LineReader::new(reader), deliver).await;
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(
     mut lines: LineReader<R>,
-    pending: Pending,
-    events: broadcast::Sender<QmpEvent>,
+    mut deliver: impl FnMut(Message),
 ) {
     loop {
         let line = match lines.next_line().await {
@@ -377,65 +414,80 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 break;
             }
         };
-        let value: Value = match serde_json::from_slice(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "qmp: bad JSON");
-                continue;
-            }
-        };
-        if let Some(name) = value.get("event").and_then(Value::as_str) {
-            let ts = value.get("timestamp");
-            let timestamp_us = ts.and_then(|t| {
-                let s = t.get("seconds")?.as_u64()?;
-                let us = t.get("microseconds")?.as_u64()?;
-                Some(s * 1_000_000 + us)
-            });
-            tracing::debug!(event = name, "qmp event");
-            let _ = events.send(QmpEvent {
-                name: name.to_string(),
-                data: value.get("data").cloned().unwrap_or(Value::Null),
-                timestamp_us,
-                received: Instant::now(),
-            });
-            continue;
-        }
-        let Some(id) = value.get("id").and_then(Value::as_u64) else {
-            tracing::warn!(%value, "qmp: message without event or id");
-            continue;
-        };
-        let result = if let Some(ret) = value.get("return") {
-            Ok(ret.clone())
-        } else if let Some(err) = value.get("error") {
-            Err(QmpError::Command {
-                command: String::new(),
-                class: err
-                    .get("class")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string(),
-                desc: err
-                    .get("desc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string(),
-            })
-        } else {
-            Err(QmpError::Protocol(format!(
-                "reply without return or error: {value}"
-            )))
-        };
-        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
-            None => tracing::debug!(id, "qmp: reply nobody waits for"),
+        if let Some(message) = decode(&line) {
+            deliver(message);
         }
     }
-    // Dropping the senders wakes every waiter with Closed.
-    if let Ok(mut p) = pending.lock() {
-        p.clear();
+}
+
+/// The message one line holds; `None` (logged) for anything else.
+fn decode(line: &[u8]) -> Option<Message> {
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, line = %String::from_utf8_lossy(&line[..line.len().min(200)]), "qmp: bad JSON");
+            return None;
+        }
+    };
+    if let Some(name) = value.get("event").and_then(Value::as_str) {
+        let ts = value.get("timestamp");
+        // Checked: the numbers come from the peer.
+        let timestamp_us = ts.and_then(|t| {
+            let s = t.get("seconds")?.as_u64()?;
+            let us = t.get("microseconds")?.as_u64()?;
+            s.checked_mul(1_000_000)?.checked_add(us)
+        });
+        tracing::debug!(event = name, "qmp event");
+        return Some(Message::Event(QmpEvent {
+            name: name.to_string(),
+            data: value.get("data").cloned().unwrap_or(Value::Null),
+            timestamp_us,
+            received: Instant::now(),
+        }));
+    }
+    let Some(id) = value.get("id").and_then(Value::as_u64) else {
+        tracing::warn!(%value, "qmp: message without event or id");
+        return None;
+    };
+    let result = if let Some(ret) = value.get("return") {
+        Ok(ret.clone())
+    } else if let Some(err) = value.get("error") {
+        Err(QmpError::Command {
+            command: String::new(),
+            class: err
+                .get("class")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            desc: err
+                .get("desc")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+        })
+    } else {
+        Err(QmpError::Protocol(format!(
+            "reply without return or error: {value}"
+        )))
+    };
+    Some(Message::Reply { id, result })
+}
+
+/// Hands an event to the subscribers, a reply to the command waiting for it.
+fn dispatch(message: Message, pending: &Pending, events: &broadcast::Sender<QmpEvent>) {
+    match message {
+        Message::Event(event) => {
+            let _ = events.send(event);
+        }
+        Message::Reply { id, result } => {
+            let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(result);
+                }
+                None => tracing::debug!(id, "qmp: reply nobody waits for"),
+            }
+        }
     }
 }
 
@@ -536,6 +588,59 @@ mod tests {
         // After the server closed, commands fail fast with Closed.
         let err = qmp.query_status().await.unwrap_err();
         assert!(matches!(err, QmpError::Closed), "{err}");
+    }
+
+    fn read_all(bytes: &[u8], read_size: usize) -> Vec<Message> {
+        // A reader that hands out `read_size` bytes at a time.
+        struct Pieces<'a>(&'a [u8], usize);
+        impl AsyncRead for Pieces<'_> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                let n = self.1.min(self.0.len()).min(buf.remaining());
+                buf.put_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let mut out = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(read_messages(Pieces(bytes, read_size), |m| out.push(m)));
+        out
+    }
+
+    #[test]
+    fn line_cap_does_not_depend_on_read_sizes() {
+        let event = |len: usize| {
+            let mut line = br#"{"event":"E","data":""#.to_vec();
+            line.resize(len - 2, b'x');
+            line.extend_from_slice(b"\"}\n");
+            line
+        };
+        for read_size in [1 << 20, 8192, 1000] {
+            assert_eq!(read_all(&event(MAX_LINE), read_size).len(), 1);
+            assert_eq!(read_all(&event(MAX_LINE + 1), read_size).len(), 0);
+            assert_eq!(read_all(&event(MAX_LINE + 4000), read_size).len(), 0);
+        }
+    }
+
+    #[test]
+    fn timestamp_overflow_is_no_timestamp() {
+        let line =
+            br#"{"event":"STOP","timestamp":{"seconds":18446744073709551615,"microseconds":1}}"#;
+        let Some(Message::Event(e)) = decode(line) else {
+            panic!("not an event")
+        };
+        assert_eq!(e.timestamp_us, None);
+        let line = br#"{"event":"STOP","timestamp":{"seconds":2,"microseconds":3}}"#;
+        let Some(Message::Event(e)) = decode(line) else {
+            panic!("not an event")
+        };
+        assert_eq!(e.timestamp_us, Some(2_000_003));
     }
 
     #[tokio::test]
