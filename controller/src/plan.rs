@@ -340,18 +340,24 @@ fn default_max_kb() -> u64 {
     512
 }
 
-/// 1-based line and column of a byte offset.
+/// 1-based line and column (in characters, as editors count) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    // The offset comes from the TOML parser: never slice inside a character.
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 /// Parses and checks a plan's text; `path` is for messages.
 pub fn parse(text: &str, path: &str) -> Result<Plan, Error> {
     let plan: Plan = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+        // An error without a place is about the whole document: its start.
+        let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
         Error::Parse {
             path: path.into(),
             line,
@@ -489,6 +495,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("no steps"), "{e}");
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(line_col("ab\ncdé f", 9), (2, 6));
+        // Inside a character: the character's start.
+        assert_eq!(line_col("é", 1), (1, 1));
+        assert_eq!(line_col("x", 99), (1, 2));
+        let e = parse("name = \"ééé\" x\n", "p.toml").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Parse {
+                    line: 1,
+                    column: 14,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
