@@ -267,13 +267,15 @@ fn check_result(text: &str, result: &Result<Plan, Error>) {
             let lines: Vec<&str> = text.split('\n').collect();
             assert!(
                 (1..=lines.len()).contains(line),
-                "line {line} outside the {} lines of {text:?} ({message})",
-                lines.len()
+                "line {line} outside the {} lines of {} ({message})",
+                lines.len(),
+                support::short(&text)
             );
             let width = lines[line - 1].chars().count();
             assert!(
                 (1..=width + 1).contains(column),
-                "column {column} outside line {line} of {width} chars in {text:?} ({message})"
+                "column {column} outside line {line} of {width} chars: {} ({message})",
+                support::short(&lines[line - 1])
             );
             let shown = result
                 .as_ref()
