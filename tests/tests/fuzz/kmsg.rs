@@ -223,7 +223,7 @@ fn well_formed(rng: &mut Rng) {
             }
             16 | 17 => malformed(rng),
             18 => Piece::Empty(rng.pick(&[&b""[..], b"\r"]).to_vec()),
-            // Lines around the cap are costly: one case in about twenty has one.
+            // Lines around the cap are costly: about one case in forty has one.
             _ if !rng.one_in(25) => malformed(rng),
             _ => {
                 let len = match rng.below(3) {
@@ -258,7 +258,14 @@ fn well_formed(rng: &mut Rng) {
         };
         // Well-formed record lines parse to exactly what was written.
         if let Piece::Record { line, rec } = &piece {
-            assert_eq!(parse_line(line), Line::Record(rec.clone()));
+            let parsed = parse_line(line);
+            assert!(
+                parsed == Line::Record(rec.clone()),
+                "{} parsed to {}, not {}",
+                support::short(&String::from_utf8_lossy(line)),
+                support::short(&parsed),
+                support::short(rec)
+            );
         }
         pieces.push(piece);
     }
