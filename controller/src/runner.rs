@@ -722,18 +722,7 @@ async fn run_test(
             match guest::handle_crash(guest, store, row.clone(), at, &ctx, policy).await {
                 Ok(h) => {
                     recovery_ms += ms(h.duration);
-                    result.crashes.push(CrashSummary {
-                        id: h.crash_id,
-                        category: row.category.clone(),
-                        severity: row.severity.clone(),
-                        title: row.title.clone(),
-                        expected,
-                        recovery_level: h.level as u8,
-                        fate: guest::fate_name(h.fate).into(),
-                        recovery_ms: ms(h.duration),
-                        recovered: h.succeeded(),
-                        report: row.report.clone(),
-                    });
+                    result.crashes.push(crash_summary(&row, expected, Some(&h)));
                     match h.fate {
                         Fate::Abort => {
                             result.status = TestStatus::Error;
@@ -766,18 +755,7 @@ async fn run_test(
                         "vexctl: crash not recorded ({e}): {} [{}]\n{}",
                         row.title, row.category, row.report
                     );
-                    result.crashes.push(CrashSummary {
-                        id: 0,
-                        category: row.category.clone(),
-                        severity: row.severity.clone(),
-                        title: row.title.clone(),
-                        expected,
-                        recovery_level: 0,
-                        fate: "not_recorded".into(),
-                        recovery_ms: 0,
-                        recovered: false,
-                        report: row.report.clone(),
-                    });
+                    result.crashes.push(crash_summary(&row, expected, None));
                     result.status = TestStatus::Error;
                     result.message = format!("handling crash {}: {e}", row.title);
                     abort = Some(result.message.clone());
@@ -789,6 +767,27 @@ async fn run_test(
     result.metrics = metrics;
     result.duration_ms = ms(started.elapsed());
     (result, recovery_ms, abort)
+}
+
+/// A crash of a test as the results show it: with its recovery when it was handled,
+/// marked `not_recorded` (id 0, not recovered) when the database refused it.
+fn crash_summary(
+    row: &crate::store::NewCrash,
+    expected: bool,
+    handled: Option<&guest::Handled>,
+) -> CrashSummary {
+    CrashSummary {
+        id: handled.map_or(0, |h| h.crash_id),
+        category: row.category.clone(),
+        severity: row.severity.clone(),
+        title: row.title.clone(),
+        expected,
+        recovery_level: handled.map_or(0, |h| h.level as u8),
+        fate: handled.map_or("not_recorded".into(), |h| guest::fate_name(h.fate).into()),
+        recovery_ms: handled.map_or(0, |h| ms(h.duration)),
+        recovered: handled.is_some_and(guest::Handled::succeeded),
+        report: row.report.clone(),
+    }
 }
 
 async fn exec(

@@ -20,7 +20,7 @@ use crate::client::AgentClient;
 use crate::transport::Address;
 use crate::verdict::{self, Link, Signals, Timeouts, Verdict, VmState};
 use crate::vm::Vm;
-use crate::vm::console::Source;
+use crate::vm::console::{PANIC_LINE, Source};
 
 /// How long a classifier may hold an open report with no new input before the watcher
 /// looks at it anyway: after a panic or hang the console goes quiet mid-report.
@@ -524,7 +524,7 @@ fn console_task(
             {
                 let mut s = lock(&state);
                 s.last_console = Some(Instant::now());
-                if line.text.contains("Kernel panic - not syncing") {
+                if line.text.contains(PANIC_LINE) {
                     s.panic_seen = true;
                 }
                 if s.excerpt.len() == EXCERPT_LINES {
@@ -744,26 +744,23 @@ fn qmp_probe_task(
             if !late {
                 continue;
             }
-            // The outer timeout also bounds a write blocked on a full socket buffer.
-            let probe = qmp.execute_timeout("query-status", None, QMP_PROBE_TIMEOUT);
-            let answered = tokio::time::timeout(QMP_PROBE_TIMEOUT, probe).await;
+            let answered = qmp.query_status_timeout(QMP_PROBE_TIMEOUT).await;
             let mut s = lock(&state);
             match answered {
-                Err(_) | Ok(Err(crate::vm::qmp::QmpError::Timeout(_))) => {
+                Err(crate::vm::qmp::QmpError::Timeout(_)) => {
                     if s.qemu_exited.is_none() && s.vm_state != VmState::GuestPanicked {
                         s.vm_state = VmState::Unknown;
                     }
                 }
-                Ok(Ok(v)) if s.vm_state == VmState::Unknown => {
-                    let running = v.get("running").and_then(serde_json::Value::as_bool);
-                    s.vm_state = if running == Some(false) {
-                        VmState::Paused
-                    } else {
+                Ok(status) if s.vm_state == VmState::Unknown => {
+                    s.vm_state = if status.running {
                         VmState::Running
+                    } else {
+                        VmState::Paused
                     };
                 }
                 // Closed or refused: QEMU is exiting, which the exit watch reports.
-                Ok(_) => {}
+                Ok(_) | Err(_) => {}
             }
         }
     }

@@ -13,6 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+/// What the kernel prints when it panics: the one console line both the boot wait and
+/// the supervisor look for.
+pub const PANIC_LINE: &str = "Kernel panic - not syncing";
+
 /// Longest line kept whole; longer ones are split (a guest can print without '\n').
 pub const MAX_LINE: usize = 16 * 1024;
 /// Lines kept in memory for late subscribers.

@@ -650,7 +650,7 @@ impl Vm {
                 l.source == Source::Serial
                     && l.since_start >= since
                     && (l.text.contains("listening on vsock")
-                        || l.text.contains("Kernel panic - not syncing"))
+                        || l.text.contains(console::PANIC_LINE))
             })
             .await;
         match line {

@@ -277,9 +277,17 @@ impl Qmp {
             .lock()
             .map_err(|_| QmpError::Closed)?
             .insert(id, tx);
-        let sent = {
+        // The deadline covers the write too: a QEMU that stopped reading (SIGSTOP, a
+        // wedged main loop) fills the socket buffer and would block it for ever.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, async {
             let mut w = self.writer.lock().await;
             w.write_all(&line).await
+        })
+        .await;
+        let Ok(sent) = sent else {
+            self.forget(id);
+            return Err(QmpError::Timeout(command.to_string()));
         };
         if let Err(source) = sent {
             self.forget(id);
@@ -291,7 +299,7 @@ impl Qmp {
                 },
             });
         }
-        let result = match tokio::time::timeout(timeout, rx).await {
+        let result = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(QmpError::Closed),
             Err(_) => {
@@ -317,7 +325,12 @@ impl Qmp {
 
     /// `query-status`.
     pub async fn query_status(&self) -> Result<VmStatus, QmpError> {
-        let v = self.execute("query-status", None).await?;
+        self.query_status_timeout(DEFAULT_TIMEOUT).await
+    }
+
+    /// `query-status`, answered within `timeout`.
+    pub async fn query_status_timeout(&self, timeout: Duration) -> Result<VmStatus, QmpError> {
+        let v = self.execute_timeout("query-status", None, timeout).await?;
         Ok(VmStatus {
             running: v.get("running").and_then(Value::as_bool).unwrap_or(false),
             status: v
