@@ -1,11 +1,14 @@
 //! Runs workload commands in the guest: own process group, timeout that kills the whole
 //! group, bounded output kept per stream.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use vexfs_proto::{ExecReply, ExecRequest};
+use vexfs_proto::{ExecReply, ExecRequest, HungSource, HungTask};
+
+use crate::hung;
 
 /// Timeout when the request gives none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -19,6 +22,9 @@ const MAX_OUTPUT: u64 = 3 << 19;
 /// How long to wait for output pipes after the command exits: a background grandchild
 /// may hold them open forever.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// How long a killed command may take to die before it is reported unkillable: SIGKILL
+/// takes effect at once unless the task sleeps uninterruptibly in the kernel.
+const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Most argv entries or env entries accepted.
 const MAX_ARGS: usize = 4096;
 /// Longest single argv or env entry: the kernel's MAX_ARG_STRLEN (32 pages) less the NUL.
@@ -133,8 +139,9 @@ pub fn check(req: &ExecRequest) -> Result<Limits, Error> {
     Ok(Limits { timeout, output })
 }
 
-/// Runs the request to completion or timeout.
-pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
+/// Runs the request to completion or timeout; `proc` is the proc tree that describes a
+/// command that will not die.
+pub async fn run(req: ExecRequest, proc: &Path) -> Result<ExecReply, Error> {
     let Limits {
         timeout,
         output: limit,
@@ -203,11 +210,36 @@ pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
         ),
         Err(_) => {
             kill_group(pid);
-            let status = child.wait().await.map_err(|source| Error::Wait {
-                cmd: cmd.clone(),
-                source,
-            })?;
-            (status, true)
+            let killed = Instant::now();
+            match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                Ok(status) => (
+                    status.map_err(|source| Error::Wait {
+                        cmd: cmd.clone(),
+                        source,
+                    })?,
+                    true,
+                ),
+                // Stuck in the kernel: answer now with where it sleeps rather than hang
+                // the RPC for as long as the module's bug lasts. Dropping the child
+                // leaves it to tokio's reaper.
+                Err(_) => {
+                    let unkillable = unkillable_notice(proc, pid, killed.elapsed());
+                    let (stdout, stdout_truncated) = abandon(out, &stop_tx).await;
+                    let (stderr, stderr_truncated) = abandon(err, &stop_tx).await;
+                    return Ok(ExecReply {
+                        exit_code: -1,
+                        signal: 0,
+                        stdout,
+                        stderr,
+                        duration_ms: ms(started.elapsed()),
+                        timed_out: true,
+                        stdout_truncated,
+                        stderr_truncated,
+                        pid,
+                        unkillable: Some(unkillable),
+                    });
+                }
+            }
         }
     };
     let duration = started.elapsed();
@@ -232,12 +264,43 @@ pub async fn run(req: ExecRequest) -> Result<ExecReply, Error> {
         signal: status.signal().unwrap_or(0),
         stdout,
         stderr,
-        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        duration_ms: ms(duration),
         timed_out,
         stdout_truncated,
         stderr_truncated,
         pid,
+        unkillable: None,
     })
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What a pipe reader kept, stopping it first: the stuck command still holds the pipe.
+async fn abandon(
+    reader: tokio::task::JoinHandle<(Vec<u8>, bool)>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> (Vec<u8>, bool) {
+    let _ = stop.send(true);
+    reader.await.unwrap_or((Vec::new(), true))
+}
+
+/// Describes a command that outlived SIGKILL: its state, kernel stack and wchan.
+fn unkillable_notice(proc: &Path, pid: u32, since_kill: Duration) -> HungTask {
+    let task = std::fs::read(proc.join(pid.to_string()).join("stat"))
+        .ok()
+        .and_then(|b| hung::parse_stat(&String::from_utf8_lossy(&b)))
+        .unwrap_or(hung::TaskStat {
+            pid,
+            comm: String::new(),
+            state: '?',
+            starttime: 0,
+        });
+    HungTask {
+        source: HungSource::ExecKill as i32,
+        ..hung::dstate_notice(proc, &task, since_kill)
+    }
 }
 
 /// Workloads must stay killable by the OOM killer even though the agent is exempt
@@ -315,11 +378,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn unkillable_command_is_described_from_proc() {
+        let proc = tempfile::tempdir().unwrap();
+        let dir = proc.path().join("321");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            "321 (sh) D 1 321 321 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("stack"),
+            "[<0>] __mutex_lock.constprop.0+0x1/0x2\n[<0>] vexfs_fault_deadlock+0x3/0x4 [vexfs]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("wchan"), "__mutex_lock.constprop.0").unwrap();
+        let n = unkillable_notice(proc.path(), 321, Duration::from_secs(2));
+        assert_eq!(n.source, HungSource::ExecKill as i32);
+        assert_eq!((n.pid, n.comm.as_str(), n.blocked_secs), (321, "sh", 2));
+        assert_eq!(n.wchan, "__mutex_lock.constprop.0");
+        assert!(n.stack[1].contains("vexfs_fault_deadlock"));
+        // Gone from /proc by the time it is read: still named by its pid.
+        let n = unkillable_notice(proc.path(), 99, Duration::ZERO);
+        assert_eq!((n.pid, n.comm.as_str(), n.stack.len()), (99, "", 0));
+    }
+
     #[tokio::test]
     async fn runs_and_captures() {
-        let r = run(req(&["sh", "-c", "echo out; echo err >&2; exit 3"]))
-            .await
-            .unwrap();
+        let r = run(
+            req(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+            Path::new("/proc"),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.exit_code, 3);
         assert_eq!(r.stdout, b"out\n");
         assert_eq!(r.stderr, b"err\n");
@@ -330,7 +422,7 @@ mod tests {
     async fn output_is_bounded() {
         let mut q = req(&["sh", "-c", "yes | head -c 100000"]);
         q.max_output_bytes = 1000;
-        let r = run(q).await.unwrap();
+        let r = run(q, Path::new("/proc")).await.unwrap();
         assert_eq!(r.stdout.len(), 1000);
         assert!(r.stdout_truncated);
     }
@@ -380,7 +472,7 @@ mod tests {
         let mut q = req(&["sh", "-c", script]);
         q.timeout_ms = 10_000;
         let started = Instant::now();
-        let r = run(q).await.unwrap();
+        let r = run(q, Path::new("/proc")).await.unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
@@ -392,12 +484,18 @@ mod tests {
 
     #[tokio::test]
     async fn bad_requests_refused() {
-        assert!(matches!(run(req(&[])).await, Err(Error::Invalid(_))));
+        assert!(matches!(
+            run(req(&[]), Path::new("/proc")).await,
+            Err(Error::Invalid(_))
+        ));
         let mut q = req(&["true"]);
         q.env = vec!["NOEQUALS".into()];
-        assert!(matches!(run(q).await, Err(Error::Invalid(_))));
         assert!(matches!(
-            run(req(&["/nonexistent/cmd"])).await,
+            run(q, Path::new("/proc")).await,
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            run(req(&["/nonexistent/cmd"]), Path::new("/proc")).await,
             Err(Error::Spawn { .. })
         ));
     }

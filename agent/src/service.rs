@@ -320,7 +320,9 @@ impl Agent for Service {
     }
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecReply>, Status> {
-        Ok(Response::new(exec::run(request.into_inner()).await?))
+        Ok(Response::new(
+            exec::run(request.into_inner(), &self.config.proc).await?,
+        ))
     }
 
     async fn sysrq(&self, request: Request<SysrqRequest>) -> Result<Response<SysrqReply>, Status> {

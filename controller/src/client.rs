@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vexfs_proto::agent_client::AgentClient as RawClient;
 use vexfs_proto::{
-    Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, ListModulesReply,
-    ListModulesRequest, LoadModuleRequest, ModuleReply, ReloadModuleRequest, SampleRequest,
-    StreamRequest, SysrqRequest, UnloadModuleRequest,
+    Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, HungTask,
+    ListModulesReply, ListModulesRequest, LoadModuleRequest, ModuleReply, ReloadModuleRequest,
+    SampleRequest, StreamRequest, SysrqRequest, UnloadModuleRequest,
 };
 
 use crate::transport::{self, Address, TransportError};
@@ -239,9 +239,58 @@ impl AgentClient {
     }
 }
 
+/// One line on an Exec command that outlived its SIGKILL: who, and where in the kernel
+/// it sleeps (the innermost frames of its stack, offsets dropped).
+pub fn unkillable_summary(h: &HungTask) -> String {
+    let frames: Vec<&str> = h
+        .stack
+        .iter()
+        .filter_map(|f| {
+            let f = f.split_once("] ").map_or(f.as_str(), |(_, f)| f);
+            let name = f.split(['+', ' ']).next()?;
+            (!name.is_empty()).then_some(name)
+        })
+        .take(6)
+        .collect();
+    let place = if frames.is_empty() {
+        format!("wchan {}", if h.wchan.is_empty() { "?" } else { &h.wchan })
+    } else {
+        frames.join(" < ")
+    };
+    format!(
+        "pid {} ({}) did not die when killed: it sleeps in the kernel at {place}",
+        h.pid, h.comm
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unkillable_summary_names_the_innermost_frames() {
+        let mut h = HungTask {
+            pid: 321,
+            comm: "sh".into(),
+            stack: vec![
+                "[<0>] __mutex_lock.constprop.0+0x1a/0x40".into(),
+                "[<0>] vexfs_fault_deadlock+0x3/0x4 [vexfs]".into(),
+                "[<0>] vexfs_trigger_write+0x5/0x6 [vexfs]".into(),
+            ],
+            wchan: "__mutex_lock.constprop.0".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            unkillable_summary(&h),
+            "pid 321 (sh) did not die when killed: it sleeps in the kernel at \
+             __mutex_lock.constprop.0 < vexfs_fault_deadlock < vexfs_trigger_write"
+        );
+        // No stack (not root, or no CONFIG_STACKTRACE): the wchan still says where.
+        h.stack.clear();
+        assert!(unkillable_summary(&h).ends_with("at wchan __mutex_lock.constprop.0"));
+        h.wchan.clear();
+        assert!(unkillable_summary(&h).ends_with("at wchan ?"));
+    }
     use crate::test_agent::{FakeAgent, serve};
     use std::sync::atomic::Ordering;
     use vexfs_proto::event;

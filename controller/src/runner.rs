@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vexfs_proto::{ExecRequest, ModuleOutcome, SampleRequest, UnloadModuleRequest};
 
-use crate::client::AgentClient;
+use crate::client::{AgentClient, unkillable_summary};
 use crate::guest::{self, CrashContext, Guest, ModuleSpec};
 use crate::plan::{CyclesStep, ExecStep, Plan, Step, Test};
 use crate::recovery::{Fate, Policy};
@@ -815,7 +815,10 @@ fn check_exec(s: &ExecStep, r: &vexfs_proto::ExecReply) -> Result<(), String> {
     let out = String::from_utf8_lossy(&r.stdout);
     let err = String::from_utf8_lossy(&r.stderr);
     if r.timed_out {
-        return Err(format!("{}: timed out", s.cmd));
+        return Err(match &r.unkillable {
+            Some(h) => format!("{}: timed out; {}", s.cmd, unkillable_summary(h)),
+            None => format!("{}: timed out", s.cmd),
+        });
     }
     if !s.exit.accepts(r.exit_code) {
         return Err(format!(

@@ -8,12 +8,12 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use vexfs_proto::{
-    Counters, ExecRequest, HealthReply, LoadModuleRequest, Module, ModuleOutcome, ModuleReply,
-    ReloadModuleRequest, StreamRequest, UnloadModuleRequest, event,
+    Counters, ExecRequest, HealthReply, HungTask, LoadModuleRequest, Module, ModuleOutcome,
+    ModuleReply, ReloadModuleRequest, StreamRequest, UnloadModuleRequest, event,
 };
 
 use super::{EXIT_FAILURES, EXIT_HARNESS, EXIT_OK};
-use crate::client::AgentClient;
+use crate::client::{AgentClient, unkillable_summary};
 use crate::transport::Address;
 
 /// Drive a running agent.
@@ -261,7 +261,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
                     "stderr": String::from_utf8_lossy(&reply.stderr),
                     "duration_ms": reply.duration_ms, "timed_out": reply.timed_out,
                     "stdout_truncated": reply.stdout_truncated, "stderr_truncated": reply.stderr_truncated,
-                    "pid": reply.pid,
+                    "pid": reply.pid, "unkillable": reply.unkillable.as_ref().map(hung_json),
                 });
                 writeln!(out, "{v}")?;
             } else {
@@ -273,6 +273,9 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
                         "vexctl: command timed out after {} ms (process group killed)",
                         reply.duration_ms
                     );
+                }
+                if let Some(h) = &reply.unkillable {
+                    eprintln!("vexctl: {}", unkillable_summary(h));
                 }
             }
             Ok(exec_exit_code(
@@ -289,6 +292,13 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
             Ok(EXIT_OK)
         }
     }
+}
+
+fn hung_json(h: &HungTask) -> Value {
+    json!({
+        "pid": h.pid, "comm": h.comm, "blocked_secs": h.blocked_secs, "source": h.source,
+        "stack": h.stack, "wchan": h.wchan, "kmsg_seq": h.kmsg_seq,
+    })
 }
 
 /// Exit code mirroring a shell: the command's code, 128+signal, or 124 (as
@@ -403,10 +413,7 @@ pub fn event_json(ev: &vexfs_proto::Event) -> Value {
         }}),
         Some(event::Kind::Gap(g)) => json!({"gap": {"from": g.from, "to": g.to}}),
         Some(event::Kind::Counters(c)) => json!({ "counters": counters_json(c) }),
-        Some(event::Kind::HungTask(h)) => json!({"hung_task": {
-            "pid": h.pid, "comm": h.comm, "blocked_secs": h.blocked_secs, "source": h.source,
-            "stack": h.stack, "wchan": h.wchan, "kmsg_seq": h.kmsg_seq,
-        }}),
+        Some(event::Kind::HungTask(h)) => json!({ "hung_task": hung_json(h) }),
         Some(event::Kind::Heartbeat(b)) => json!({"heartbeat": {
             "last_seq": b.last_seq, "boot_id": b.boot_id, "uptime_ms": b.uptime_ms, "beat": b.beat,
         }}),

@@ -230,14 +230,46 @@ fn deadlock_found_as_hung_task_and_reset_when_unkillable() {
     let _one = serial();
     rt().block_on(async {
         let mut b = bench("deadlock", WatchOptions::default()).await;
-        let h = fault_case(
-            &mut b,
-            "deadlock",
-            Duration::from_secs(40),
-            "deadlock",
-            "INFO: task hung in vexfs_fault_deadlock",
-        )
-        .await;
+        // Fired by an Exec with a short timeout: the writer cannot be killed, and the
+        // agent answers anyway, saying where in the kernel it sleeps.
+        let mut client = b.guest.client().with_call_timeout(Duration::from_secs(30));
+        let writer = tokio::spawn(async move {
+            client
+                .exec(vexfs_proto::ExecRequest {
+                    argv: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo deadlock > /sys/kernel/debug/vexfs/trigger".into(),
+                    ],
+                    timeout_ms: 2_000,
+                    ..Default::default()
+                })
+                .await
+        });
+        let (crash, at) = first_crash(&mut b, Duration::from_secs(40)).await;
+        assert_eq!(crash.category, "deadlock", "{}", crash.report);
+        assert_eq!(crash.title, "INFO: task hung in vexfs_fault_deadlock");
+        // The reply comes before the recovery resets the guest.
+        let reply = writer
+            .await
+            .unwrap()
+            .expect("exec answers past its timeout");
+        assert!(reply.timed_out);
+        assert_eq!((reply.exit_code, reply.signal), (-1, 0));
+        let stuck = reply.unkillable.expect("the writer is reported unkillable");
+        assert_eq!(stuck.pid, reply.pid);
+        assert!(
+            stuck
+                .stack
+                .iter()
+                .any(|f| f.contains("vexfs_fault_deadlock")),
+            "{:?}",
+            stuck.stack
+        );
+        let said = vexfs_controller::client::unkillable_summary(&stuck);
+        eprintln!("exec: {said}");
+        assert!(said.contains("vexfs_fault_deadlock"), "{said}");
+        let h = recover(&mut b, crash, at).await;
         // The agent's D-state scan named the stuck task before the kernel did; a task
         // in D state cannot be killed, so termination fails and the guest is reset.
         assert_eq!(actions(&h)[0], "kill_workload");
