@@ -200,48 +200,25 @@ pub async fn run(req: ExecRequest, proc: &Path) -> Result<ExecReply, Error> {
     let out = tokio::spawn(collect(child.stdout.take(), limit, stop.clone()));
     let err = tokio::spawn(collect(child.stderr.take(), limit, stop));
 
-    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => (
-            status.map_err(|source| Error::Wait {
-                cmd: cmd.clone(),
-                source,
-            })?,
-            false,
-        ),
+    let (mut timed_out, mut unkillable) = (false, None);
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => Some(status),
         Err(_) => {
+            timed_out = true;
             kill_group(pid);
             let killed = Instant::now();
-            match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(status) => (
-                    status.map_err(|source| Error::Wait {
-                        cmd: cmd.clone(),
-                        source,
-                    })?,
-                    true,
-                ),
-                // Stuck in the kernel: answer now with where it sleeps rather than hang
-                // the RPC for as long as the module's bug lasts. Dropping the child
-                // leaves it to tokio's reaper.
-                Err(_) => {
-                    let unkillable = unkillable_notice(proc, pid, killed.elapsed());
-                    let (stdout, stdout_truncated) = abandon(out, &stop_tx).await;
-                    let (stderr, stderr_truncated) = abandon(err, &stop_tx).await;
-                    return Ok(ExecReply {
-                        exit_code: -1,
-                        signal: 0,
-                        stdout,
-                        stderr,
-                        duration_ms: ms(started.elapsed()),
-                        timed_out: true,
-                        stdout_truncated,
-                        stderr_truncated,
-                        pid,
-                        unkillable: Some(unkillable),
-                    });
-                }
+            let status = tokio::time::timeout(KILL_GRACE, child.wait()).await.ok();
+            // Stuck in the kernel: answer now with where it sleeps rather than hold the
+            // RPC for as long as the module's bug lasts. Dropping the child leaves it to
+            // tokio's reaper; the drain below gives up on its pipes.
+            if status.is_none() {
+                unkillable = Some(unkillable_notice(proc, pid, killed.elapsed()));
             }
+            status
         }
-    };
+    }
+    .transpose()
+    .map_err(|source| Error::Wait { cmd, source })?;
     let duration = started.elapsed();
     // Leftover members of the group (background jobs) would hold the pipes open.
     kill_group(pid);
@@ -260,30 +237,17 @@ pub async fn run(req: ExecRequest, proc: &Path) -> Result<ExecReply, Error> {
     let (stderr, stderr_truncated) = err.unwrap_or((Vec::new(), true));
     use std::os::unix::process::ExitStatusExt;
     Ok(ExecReply {
-        exit_code: status.code().unwrap_or(-1),
-        signal: status.signal().unwrap_or(0),
+        exit_code: status.and_then(|s| s.code()).unwrap_or(-1),
+        signal: status.and_then(|s| s.signal()).unwrap_or(0),
         stdout,
         stderr,
-        duration_ms: ms(duration),
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         timed_out,
         stdout_truncated,
         stderr_truncated,
         pid,
-        unkillable: None,
+        unkillable,
     })
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What a pipe reader kept, stopping it first: the stuck command still holds the pipe.
-async fn abandon(
-    reader: tokio::task::JoinHandle<(Vec<u8>, bool)>,
-    stop: &tokio::sync::watch::Sender<bool>,
-) -> (Vec<u8>, bool) {
-    let _ = stop.send(true);
-    reader.await.unwrap_or((Vec::new(), true))
 }
 
 /// Describes a command that outlived SIGKILL: its state, kernel stack and wchan.
