@@ -240,16 +240,12 @@ impl AgentClient {
 }
 
 /// One line on an Exec command that outlived its SIGKILL: who, and where in the kernel
-/// it sleeps (the innermost frames of its stack, offsets dropped).
+/// it sleeps (the innermost frames of its stack, named as in crash titles).
 pub fn unkillable_summary(h: &HungTask) -> String {
-    let frames: Vec<&str> = h
+    let frames: Vec<String> = h
         .stack
         .iter()
-        .filter_map(|f| {
-            let f = f.split_once("] ").map_or(f.as_str(), |(_, f)| f);
-            let name = f.split(['+', ' ']).next()?;
-            (!name.is_empty()).then_some(name)
-        })
+        .filter_map(|f| crate::classify::frame_function(f))
         .take(6)
         .collect();
     let place = if frames.is_empty() {
@@ -266,6 +262,9 @@ pub fn unkillable_summary(h: &HungTask) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_agent::{FakeAgent, serve};
+    use std::sync::atomic::Ordering;
+    use vexfs_proto::event;
 
     #[test]
     fn unkillable_summary_names_the_innermost_frames() {
@@ -283,7 +282,7 @@ mod tests {
         assert_eq!(
             unkillable_summary(&h),
             "pid 321 (sh) did not die when killed: it sleeps in the kernel at \
-             __mutex_lock.constprop.0 < vexfs_fault_deadlock < vexfs_trigger_write"
+             __mutex_lock < vexfs_fault_deadlock < vexfs_trigger_write"
         );
         // No stack (not root, or no CONFIG_STACKTRACE): the wchan still says where.
         h.stack.clear();
@@ -291,9 +290,6 @@ mod tests {
         h.wchan.clear();
         assert!(unkillable_summary(&h).ends_with("at wchan ?"));
     }
-    use crate::test_agent::{FakeAgent, serve};
-    use std::sync::atomic::Ordering;
-    use vexfs_proto::event;
 
     #[tokio::test]
     async fn connect_healthy_waits_for_a_late_agent() {

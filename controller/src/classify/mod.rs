@@ -167,6 +167,12 @@ pub struct CrashReport {
     pub start_line: usize,
 }
 
+/// The function a stack-frame line names, normalised as in titles (offsets, compiler
+/// suffixes and syscall wrappers removed); `None` for other lines and `?` frames.
+pub fn frame_function(line: &str) -> Option<String> {
+    frames::parse_frame(line).map(|f| f.func)
+}
+
 /// The literal header strings that can start a crash report (what the prefilter
 /// searches for; the benchmark hands them to `grep -F` for comparison).
 pub fn crash_headers() -> Vec<&'static str> {
