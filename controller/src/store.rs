@@ -300,11 +300,8 @@ fn set_wal(conn: &Connection) -> Result<()> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     let mut pause = std::time::Duration::from_millis(1);
     loop {
-        let mode =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0));
-        match mode {
-            // "wal", or "memory" for an in-memory database, which needs no WAL.
-            Ok(_) => return Ok(()),
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy
                     && std::time::Instant::now() < deadline =>
