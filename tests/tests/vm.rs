@@ -36,6 +36,26 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `sh -c cmd` in the guest in the background through `client` (its call timeout
+/// is the margin over `timeout`): the command may never return (a fault trigger, a
+/// soak). The handle yields the agent's reply.
+fn spawn_sh(
+    mut client: AgentClient,
+    cmd: String,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<vexfs_proto::ExecReply, vexfs_controller::client::ClientError>>
+{
+    tokio::spawn(async move {
+        client
+            .exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), cmd],
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                ..Default::default()
+            })
+            .await
+    })
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -12,7 +12,7 @@ use vexfs_proto::{ExecRequest, LoadModuleRequest, StreamRequest, event};
 
 use vexfs_controller::vm::image::Manifest;
 
-use super::{boot, config, manifest, rt, serial};
+use super::{boot, config, manifest, rt, serial, spawn_sh};
 
 /// (fault, text its report must contain); `None` kernels: all.
 const FAULTS: &[(&str, &str, Option<&str>)] = &[
@@ -65,17 +65,11 @@ async fn faults_on(kernel: &str) {
         if only.is_some_and(|k| !m.kernel_release.starts_with(k)) {
             continue;
         }
-        let mut c = client.clone().with_call_timeout(Duration::from_secs(60));
-        let cmd = format!("echo {fault} > /sys/kernel/debug/vexfs/trigger");
-        tokio::spawn(async move {
-            let _ = c
-                .exec(ExecRequest {
-                    argv: vec!["sh".into(), "-c".into(), cmd],
-                    timeout_ms: 50_000,
-                    ..Default::default()
-                })
-                .await;
-        });
+        spawn_sh(
+            client.clone().with_call_timeout(Duration::from_secs(60)),
+            format!("echo {fault} > /sys/kernel/debug/vexfs/trigger"),
+            Duration::from_secs(50),
+        );
         let on_console = vm
             .wait_for_console(Duration::from_secs(30), |l| l.text.contains(text))
             .await

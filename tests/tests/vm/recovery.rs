@@ -12,7 +12,7 @@ use vexfs_controller::trend;
 use vexfs_controller::verdict::Timeouts;
 use vexfs_controller::vm::image::Manifest;
 
-use super::{config, manifest, rt, serial};
+use super::{config, manifest, rt, serial, spawn_sh};
 
 /// A booted 6.12 guest with vexfs loaded, a fresh database and a run.
 pub(crate) struct Bench {
@@ -70,17 +70,11 @@ pub(crate) fn fire(b: &Bench, fault: &str) {
 
 /// Runs a shell command in the guest in the background.
 pub(crate) fn fire_cmd(b: &Bench, cmd: &str) {
-    let mut client = b.guest.client().with_call_timeout(Duration::from_secs(120));
-    let cmd = cmd.to_string();
-    tokio::spawn(async move {
-        let _ = client
-            .exec(vexfs_proto::ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), cmd],
-                timeout_ms: 100_000,
-                ..Default::default()
-            })
-            .await;
-    });
+    spawn_sh(
+        b.guest.client().with_call_timeout(Duration::from_secs(120)),
+        cmd.to_string(),
+        Duration::from_secs(100),
+    );
 }
 
 /// Waits for the first incident and turns it into a crash row.
@@ -232,20 +226,11 @@ fn deadlock_found_as_hung_task_and_reset_when_unkillable() {
         let mut b = bench("deadlock", WatchOptions::default()).await;
         // Fired by an Exec with a short timeout: the writer cannot be killed, and the
         // agent answers anyway, saying where in the kernel it sleeps.
-        let mut client = b.guest.client().with_call_timeout(Duration::from_secs(30));
-        let writer = tokio::spawn(async move {
-            client
-                .exec(vexfs_proto::ExecRequest {
-                    argv: vec![
-                        "sh".into(),
-                        "-c".into(),
-                        "echo deadlock > /sys/kernel/debug/vexfs/trigger".into(),
-                    ],
-                    timeout_ms: 2_000,
-                    ..Default::default()
-                })
-                .await
-        });
+        let writer = spawn_sh(
+            b.guest.client().with_call_timeout(Duration::from_secs(30)),
+            "echo deadlock > /sys/kernel/debug/vexfs/trigger".into(),
+            Duration::from_secs(2),
+        );
         let (crash, at) = first_crash(&mut b, Duration::from_secs(40)).await;
         assert_eq!(crash.category, "deadlock", "{}", crash.report);
         assert_eq!(crash.title, "INFO: task hung in vexfs_fault_deadlock");

@@ -14,11 +14,11 @@ use vexfs_controller::store::Store;
 use vexfs_controller::supervisor::WatchOptions;
 use vexfs_controller::trend;
 use vexfs_controller::verdict::Timeouts;
-use vexfs_proto::{ExecRequest, ModuleOutcome, StreamRequest, UnloadModuleRequest, event};
+use vexfs_proto::{ModuleOutcome, StreamRequest, UnloadModuleRequest, event};
 
 use super::recovery::{actions, bench, first_crash, recover};
 use super::runner::vexctl;
-use super::{assert_no_orphans, boot, config, manifest, rt, serial};
+use super::{assert_no_orphans, boot, config, manifest, rt, serial, spawn_sh};
 
 /// A small deterministic generator: the schedule of cuts is the same on every run.
 struct Lcg(u64);
@@ -37,19 +37,14 @@ impl Lcg {
 /// it can (one open per line: /dev/kmsg rate-limits per open file). Level 7 stays off
 /// the console. Padding fills the ring quickly so a paused reader loses records.
 fn start_logger(client: &AgentClient) {
-    let mut client = client.clone().with_call_timeout(Duration::from_secs(600));
     let pad = "p".repeat(300);
     let script =
         format!("i=0; while :; do echo \"<7>vexfs-soak $i {pad}\" > /dev/kmsg; i=$((i+1)); done");
-    tokio::spawn(async move {
-        let _ = client
-            .exec(ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), script],
-                timeout_ms: 500_000,
-                ..Default::default()
-            })
-            .await;
-    });
+    spawn_sh(
+        client.clone().with_call_timeout(Duration::from_secs(600)),
+        script,
+        Duration::from_secs(500),
+    );
 }
 
 #[test]
