@@ -2,7 +2,7 @@
 //! `log`/`log_b64`, `expect_crash`, `category`, `title`, `alt_titles`, `corrupted`).
 //!
 //! Usage: `cargo run -p vexfs-controller --release --example classify_corpus -- [CORPUS.jsonl] [-v]`
-//! (default corpus: `../shared/data/crash-corpus/syzkaller-dev.jsonl` beside the repo).
+//! (default corpus: the development split in `tests/fixtures/crash-corpus/`).
 //! `-v` prints every mismatch.
 
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use vexfs_controller::classify::classify;
 
 fn main() -> ExitCode {
     let mut path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/crash-corpus/syzkaller-dev.jsonl");
+        .join("tests/fixtures/crash-corpus/syzkaller-dev.jsonl");
     let mut verbose = false;
     for arg in std::env::args().skip(1) {
         if arg == "-v" || arg == "--verbose" {

@@ -435,20 +435,16 @@ proptest! {
     }
 }
 
-/// Chunked feeding equals whole-log classification on the syzkaller corpus too. The
-/// corpus lives in the project's shared data beside the checkout (as in CI); a missing
-/// corpus is a failure, not a skip.
+/// Chunked feeding equals whole-log classification on the syzkaller corpus too (a copy
+/// in `tests/fixtures/crash-corpus`, with its source and license); a missing corpus is
+/// a failure, not a skip.
 #[test]
 fn incremental_on_corpus() {
     use base64::Engine;
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/crash-corpus/syzkaller-dev.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the shared data directory must stand beside the checkout)",
-            path.display()
-        )
-    });
+        .join("tests/fixtures/crash-corpus/syzkaller-dev.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let row: serde_json::Value = serde_json::from_str(line).expect("corpus json");
