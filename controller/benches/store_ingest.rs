@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vexfs_controller::classify::{Category, Recovery, Severity};
 use vexfs_controller::store::{NewCrash, Store, now_ms};
 
 /// Set in a child process: `PATH THREADS ROWS START_AT_MS` of its share of the work.
@@ -33,9 +34,9 @@ fn crash(texts: &(String, String, String), run_id: i64, w: usize, i: usize) -> N
     let sig = (w * 7 + i) % SIGNATURES;
     NewCrash {
         run_id: Some(run_id),
-        category: "module_crash".into(),
-        severity: "moderate".into(),
-        recovery: "module_reload".into(),
+        category: Category::ModuleCrash,
+        severity: Severity::Moderate,
+        recovery: Recovery::ModuleReload,
         title: format!("BUG: kernel NULL pointer dereference in vexfs_op_{sig}"),
         signature: format!("null-deref:vexfs_op_{sig}"),
         kernel: "6.12.117+deb12-amd64".into(),

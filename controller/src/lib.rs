@@ -5,11 +5,13 @@ pub mod classify;
 pub mod cli;
 pub mod client;
 pub mod guest;
+pub mod incident;
 pub mod plan;
 pub mod recovery;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod scorecard;
 pub mod store;
 pub mod supervisor;
 #[cfg(test)]

@@ -101,6 +101,31 @@ pub struct ModuleConfig {
     /// Filesystem type it registers (smoke tests mount it); empty for none.
     #[serde(default = "default_fstype")]
     pub fstype: String,
+    /// What the recovery smoke test mounts: `none` for an in-memory filesystem, else a
+    /// device path in the guest.
+    #[serde(default = "default_source")]
+    pub smoke_source: String,
+    /// The file `trigger` steps write a fault name to (default
+    /// `/sys/kernel/debug/NAME/trigger`).
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// Unreclaimable slab (kB) that may stay above a test's baseline after the module
+    /// is unloaded before recovery's leak check fails.
+    #[serde(default = "default_leak_bound")]
+    pub leak_bound_kb: u64,
+}
+
+fn default_leak_bound() -> u64 {
+    1024
+}
+
+impl ModuleConfig {
+    /// The file `trigger` steps write to.
+    pub fn trigger_path(&self) -> String {
+        self.trigger
+            .clone()
+            .unwrap_or_else(|| format!("/sys/kernel/debug/{}/trigger", self.name))
+    }
 }
 
 fn default_module_name() -> String {
@@ -120,6 +145,9 @@ impl Default for ModuleConfig {
             path: default_module_path(),
             params: String::new(),
             fstype: default_fstype(),
+            smoke_source: default_source(),
+            trigger: None,
+            leak_bound_kb: default_leak_bound(),
         }
     }
 }
@@ -179,8 +207,27 @@ pub struct Test {
     /// Kernels this test runs on (default: all of the plan's); `6.12` matches prefixes.
     #[serde(default)]
     pub only_kernels: Vec<String>,
+    /// After an unexpected crash that a graceful recovery (level 1) got over, the
+    /// crashed step is run again this many times, with backoff.
+    #[serde(default = "one")]
+    pub retries: u32,
+    /// After a VM restart (level 2): go on from the step after the crash, or run the
+    /// test again from its first step.
+    #[serde(default)]
+    pub on_restart: OnRestart,
     /// The steps.
     pub steps: Vec<Step>,
+}
+
+/// Where a test goes on after its VM was restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRestart {
+    /// From the step after the one that crashed.
+    #[default]
+    Continue,
+    /// From the first step.
+    Rerun,
 }
 
 fn default_timeout() -> u64 {
@@ -203,8 +250,8 @@ pub enum Step {
     Mount(MountStep),
     /// Unmount a mountpoint.
     Unmount(String),
-    /// Fire a fault through the module's debugfs trigger (the test then waits for the
-    /// crash it expects).
+    /// Fire a fault through the module's trigger file; in a test that expects a crash
+    /// the step waits for it (the test's timeout bounds the wait).
     Trigger(String),
     /// Repeat a command many times, concurrently if asked, timing every operation and
     /// watching counters for leaks.

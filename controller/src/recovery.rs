@@ -4,13 +4,16 @@
 //!
 //! Level 1 (graceful): unload with a deadline, check leaks, reload, smoke test, retry
 //! with backoff. Level 2 (system reset): forensics, reset or relaunch the VM, verify a
-//! clean boot, reload the module, resume from the checkpoint. Level 3 (isolation): a test
-//! that crashed `isolate_after` times is marked failing and skipped for the rest of the
-//! run, once the system is healthy again.
+//! clean boot, reload the module, smoke test; the runner then resumes the test from its
+//! checkpoint (the step after the crash). Level 3 (isolation): a test that crashed
+//! `isolate_after` times is marked failing and skipped for the rest of the run, once the
+//! system is healthy again.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::classify::Recovery;
 
 /// Ladder levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -35,8 +38,12 @@ pub enum Action {
         /// Deadline for delete_module.
         deadline: Duration,
     },
-    /// Compare resource counters with the baseline and clean up what leaked.
-    CheckLeaks,
+    /// Compare resource counters (slab, open fds) with the baseline taken before the
+    /// test: fails when they stay grown past the bound after the unload.
+    CheckLeaks {
+        /// How far unreclaimable slab may stay above the baseline, kB.
+        bound_kb: u64,
+    },
     /// Load the module under test again.
     LoadModule,
     /// Run the smoke workload (mount, write, read, unmount).
@@ -54,8 +61,6 @@ pub enum Action {
     RelaunchVm,
     /// Wait for the agent: healthy, new boot id, no taint.
     VerifyCleanBoot,
-    /// Tell the runner to resume from its last checkpoint.
-    ResumeFromCheckpoint,
 }
 
 impl Action {
@@ -64,7 +69,7 @@ impl Action {
         match self {
             Action::KillWorkload => "kill_workload",
             Action::UnloadModule { .. } => "unload_module",
-            Action::CheckLeaks => "check_leaks",
+            Action::CheckLeaks { .. } => "check_leaks",
             Action::LoadModule => "load_module",
             Action::SmokeTest => "smoke_test",
             Action::Backoff { .. } => "backoff",
@@ -72,7 +77,6 @@ impl Action {
             Action::SystemReset => "system_reset",
             Action::RelaunchVm => "relaunch_vm",
             Action::VerifyCleanBoot => "verify_clean_boot",
-            Action::ResumeFromCheckpoint => "resume_from_checkpoint",
         }
     }
 }
@@ -89,6 +93,17 @@ pub enum Outcome {
     Hung,
 }
 
+impl Outcome {
+    /// The snake_case name (database, reports).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Hung => "hung",
+        }
+    }
+}
+
 /// What becomes of the test that crashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,48 +111,49 @@ pub enum Fate {
     /// The system is healthy as it was: go on with the run (retry or next step).
     Continue,
     /// The test is isolated: mark it failing, skip it for the rest of the run.
+    #[serde(rename = "skip")]
     SkipCurrent,
-    /// The VM was restarted: the runner re-prepares and resumes from its checkpoint.
+    /// The VM was restarted: the runner resumes the test from its checkpoint.
     RestartRequired,
     /// Recovery failed: stop the run on this kernel.
     Abort,
+}
+
+impl Fate {
+    /// The snake_case name (database, reports; `skip` for an isolated test).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fate::Continue => "continue",
+            Fate::SkipCurrent => "skip",
+            Fate::RestartRequired => "restart_required",
+            Fate::Abort => "abort",
+        }
+    }
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// What the supervisor knows when recovery starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Situation {
     /// The recovery the crash type calls for.
-    pub needs: Needs,
+    pub needs: Recovery,
     /// QEMU is still running.
     pub vm_alive: bool,
     /// QMP answers (so a system_reset can be asked for).
     pub qmp_responsive: bool,
     /// The guest kernel oopsed (taint D) or panicked: the module must not be unloaded.
     pub kernel_died: bool,
-    /// The guest still runs userspace (agent answering); forensics need only QMP.
-    pub guest_running: bool,
     /// A QMP system_reset reliably brings the agent back (kernel vhost-vsock). With
     /// the vhost-user vsock daemon a connection made too early after a reset hangs it
     /// for good (measured), so there a relaunch, which costs the same boot, is the reset.
     pub reset_keeps_transport: bool,
     /// How many times this test has crashed in this run, this crash included.
     pub test_crashes: u32,
-}
-
-/// The recovery a crash calls for, from its classification or verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Needs {
-    /// Nothing (a warning): check the module still works.
-    None,
-    /// Reload the module (module crash without a dead kernel, load failures).
-    ModuleReload,
-    /// Clean up resources (leak).
-    ResourceCleanup,
-    /// Terminate the stuck process, else reset (deadlock).
-    ProcessTermination,
-    /// Restart the VM (panic, hang, memory corruption, VMM death).
-    VmRestart,
 }
 
 /// Tunables of the ladder.
@@ -155,6 +171,9 @@ pub struct Policy {
     pub unload_deadline: Duration,
     /// A test crashing this many times in a run is isolated.
     pub isolate_after: u32,
+    /// How much unreclaimable slab may stay grown over the test's baseline after the
+    /// module is unloaded before `check_leaks` fails, kB.
+    pub leak_bound_kb: u64,
 }
 
 impl Default for Policy {
@@ -166,6 +185,7 @@ impl Default for Policy {
             backoff_max: Duration::from_secs(4),
             unload_deadline: Duration::from_secs(5),
             isolate_after: 2,
+            leak_bound_kb: 1024,
         }
     }
 }
@@ -205,7 +225,6 @@ enum Phase {
     Verify,
     ResetLoad,
     ResetSmoke,
-    Resume,
     Finished,
 }
 
@@ -319,11 +338,11 @@ impl Ladder {
         match self.phase {
             Phase::Start => {
                 let s = self.situation;
-                if !s.vm_alive || s.kernel_died || s.needs == Needs::VmRestart {
+                if !s.vm_alive || s.kernel_died || s.needs == Recovery::VmRestart {
                     self.reset()
-                } else if s.needs == Needs::ProcessTermination {
+                } else if s.needs == Recovery::ProcessTermination {
                     self.go(Phase::Kill, Level::Graceful, Action::KillWorkload)
-                } else if s.needs == Needs::None {
+                } else if s.needs == Recovery::None {
                     // A warning leaves the module loaded: only check it still works.
                     self.go(Phase::Smoke, Level::Graceful, Action::SmokeTest)
                 } else {
@@ -334,11 +353,19 @@ impl Ladder {
             Phase::Kill if ok => self.go(Phase::Smoke, Level::Graceful, Action::SmokeTest),
             // A task stuck in D state cannot be killed: only a reset frees it.
             Phase::Kill => self.reset(),
-            Phase::Unload if ok => self.go(Phase::Leaks, Level::Graceful, Action::CheckLeaks),
+            Phase::Unload if ok => {
+                let bound_kb = self.policy.leak_bound_kb;
+                self.go(
+                    Phase::Leaks,
+                    Level::Graceful,
+                    Action::CheckLeaks { bound_kb },
+                )
+            }
+            // What stays allocated once the module is gone is lost until a reboot.
+            Phase::Leaks if !ok => self.reset(),
             // A hung unload will never finish: the module is wedged in the kernel.
             Phase::Unload if last == Some(Hung) => self.reset(),
             Phase::Unload => self.graceful_failed(),
-            // Leak cleanup is best effort; the reload decides.
             Phase::Leaks => self.go(Phase::Load, Level::Graceful, Action::LoadModule),
             Phase::Load if ok => self.go(Phase::Smoke, Level::Graceful, Action::SmokeTest),
             Phase::Load => self.graceful_failed(),
@@ -365,14 +392,9 @@ impl Ladder {
             Phase::ResetLoad if ok => {
                 self.go(Phase::ResetSmoke, Level::SystemReset, Action::SmokeTest)
             }
-            Phase::ResetSmoke if ok => self.go(
-                Phase::Resume,
-                Level::SystemReset,
-                Action::ResumeFromCheckpoint,
-            ),
+            Phase::ResetSmoke if ok => self.done(Fate::RestartRequired),
             // A fresh guest where the module will not load or work: nothing more to try.
             Phase::ResetLoad | Phase::ResetSmoke => self.done(Fate::Abort),
-            Phase::Resume => self.done(Fate::RestartRequired),
             Phase::Finished => Step::Done {
                 level: self.level,
                 fate: Fate::Abort,
@@ -414,13 +436,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn situation(needs: Needs) -> Situation {
+    fn situation(needs: Recovery) -> Situation {
         Situation {
             needs,
             vm_alive: true,
             qmp_responsive: true,
             kernel_died: false,
-            guest_running: true,
             reset_keeps_transport: true,
             test_crashes: 1,
         }
@@ -432,7 +453,7 @@ mod tests {
 
     #[test]
     fn leak_recovers_gracefully() {
-        let mut l = Ladder::new(situation(Needs::ResourceCleanup), Policy::default());
+        let mut l = Ladder::new(situation(Recovery::ResourceCleanup), Policy::default());
         let (taken, done) = drive(&mut l, |_| Outcome::Succeeded, 50);
         assert_eq!(
             names(&taken),
@@ -448,8 +469,32 @@ mod tests {
     }
 
     #[test]
+    fn leak_that_outlives_the_unload_escalates_to_a_restart() {
+        let mut l = Ladder::new(situation(Recovery::ResourceCleanup), Policy::default());
+        let (taken, done) = drive(
+            &mut l,
+            |a| match a {
+                Action::CheckLeaks { .. } => Outcome::Failed,
+                _ => Outcome::Succeeded,
+            },
+            50,
+        );
+        assert_eq!(
+            names(&taken)[..3],
+            ["unload_module", "check_leaks", "collect_forensics"]
+        );
+        assert!(matches!(
+            done,
+            Step::Done {
+                level: Level::SystemReset,
+                fate: Fate::RestartRequired
+            }
+        ));
+    }
+
+    #[test]
     fn never_unloads_after_an_oops() {
-        let mut s = situation(Needs::ModuleReload);
+        let mut s = situation(Recovery::ModuleReload);
         s.kernel_died = true;
         let mut l = Ladder::new(s, Policy::default());
         let (taken, done) = drive(&mut l, |_| Outcome::Succeeded, 50);
@@ -462,7 +507,6 @@ mod tests {
                 "verify_clean_boot",
                 "load_module",
                 "smoke_test",
-                "resume_from_checkpoint"
             ]
         );
         assert_eq!(
@@ -476,7 +520,7 @@ mod tests {
 
     #[test]
     fn hung_unload_escalates_to_reset() {
-        let mut l = Ladder::new(situation(Needs::ModuleReload), Policy::default());
+        let mut l = Ladder::new(situation(Recovery::ModuleReload), Policy::default());
         let (taken, done) = drive(
             &mut l,
             |a| match a {
@@ -497,7 +541,7 @@ mod tests {
 
     #[test]
     fn busy_unload_retries_with_growing_backoff_then_resets() {
-        let mut l = Ladder::new(situation(Needs::ModuleReload), Policy::default());
+        let mut l = Ladder::new(situation(Recovery::ModuleReload), Policy::default());
         let (taken, done) = drive(
             &mut l,
             |a| match a {
@@ -535,9 +579,8 @@ mod tests {
 
     #[test]
     fn dead_vmm_is_relaunched_and_failed_resets_abort() {
-        let mut s = situation(Needs::VmRestart);
+        let mut s = situation(Recovery::VmRestart);
         s.vm_alive = false;
-        s.guest_running = false;
         let mut l = Ladder::new(s, Policy::default());
         let (taken, done) = drive(
             &mut l,
@@ -559,7 +602,7 @@ mod tests {
 
     #[test]
     fn unkillable_deadlock_resets_and_repeat_offender_is_isolated() {
-        let mut s = situation(Needs::ProcessTermination);
+        let mut s = situation(Recovery::ProcessTermination);
         s.test_crashes = 2;
         let mut l = Ladder::new(s, Policy::default());
         let (taken, done) = drive(
@@ -585,7 +628,7 @@ mod tests {
 
     #[test]
     fn warning_only_checks_the_module() {
-        let mut l = Ladder::new(situation(Needs::None), Policy::default());
+        let mut l = Ladder::new(situation(Recovery::None), Policy::default());
         let (taken, done) = drive(&mut l, |_| Outcome::Succeeded, 50);
         assert_eq!(names(&taken), ["smoke_test"]);
         assert!(matches!(
@@ -597,13 +640,13 @@ mod tests {
         ));
     }
 
-    fn any_needs() -> impl Strategy<Value = Needs> {
+    fn any_needs() -> impl Strategy<Value = Recovery> {
         prop_oneof![
-            Just(Needs::None),
-            Just(Needs::ModuleReload),
-            Just(Needs::ResourceCleanup),
-            Just(Needs::ProcessTermination),
-            Just(Needs::VmRestart),
+            Just(Recovery::None),
+            Just(Recovery::ModuleReload),
+            Just(Recovery::ResourceCleanup),
+            Just(Recovery::ProcessTermination),
+            Just(Recovery::VmRestart),
         ]
     }
 
@@ -613,12 +656,12 @@ mod tests {
         #[test]
         fn always_terminates_and_respects_rules(
             needs in any_needs(),
-            vm_alive: bool, qmp: bool, died: bool, running: bool, keeps: bool,
+            vm_alive: bool, qmp: bool, died: bool, keeps: bool,
             crashes in 1u32..4,
             outcomes in proptest::collection::vec(0u8..3, 64),
         ) {
             let s = Situation { needs, vm_alive, qmp_responsive: qmp, kernel_died: died,
-                guest_running: running, reset_keeps_transport: keeps, test_crashes: crashes };
+                reset_keeps_transport: keeps, test_crashes: crashes };
             let mut l = Ladder::new(s, Policy::default());
             let mut i = 0;
             let (taken, done) = drive(&mut l, |_| {

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Bucket, Stats};
+use crate::classify::{Category, Severity};
+use crate::recovery::Fate;
+use crate::scorecard::Stats;
+use crate::store::Bucket;
 
 /// How a test ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +29,35 @@ impl TestStatus {
     pub fn ok(self) -> bool {
         matches!(self, TestStatus::Passed | TestStatus::Skipped)
     }
+
+    /// True when the harness brought the test to a verdict (anything but an error).
+    pub fn reached_verdict(self) -> bool {
+        self != TestStatus::Error
+    }
+
+    /// The snake_case name (database, reports).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Crashed => "crashed",
+            TestStatus::Skipped => "skipped",
+            TestStatus::Error => "error",
+        }
+    }
+
+    /// The status of a database name (`None` for pending/running and unknown names).
+    pub fn from_name(s: &str) -> Option<Self> {
+        [
+            TestStatus::Passed,
+            TestStatus::Failed,
+            TestStatus::Crashed,
+            TestStatus::Skipped,
+            TestStatus::Error,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
 }
 
 /// One crash as a report shows it.
@@ -33,24 +65,52 @@ impl TestStatus {
 pub struct CrashSummary {
     /// Row id in the crash database.
     pub id: i64,
-    /// Category name.
-    pub category: String,
-    /// Severity name.
-    pub severity: String,
+    /// Category.
+    pub category: Category,
+    /// Severity.
+    pub severity: Severity,
     /// Title.
     pub title: String,
     /// The crash was the one the test expected.
     pub expected: bool,
     /// Highest recovery level used (1 graceful, 2 system reset, 3 isolation).
     pub recovery_level: u8,
-    /// The test's fate (continue, skip, restart_required, abort).
-    pub fate: String,
+    /// The test's fate; None when the crash could not be recorded (so nothing was
+    /// recovered).
+    pub fate: Option<Fate>,
     /// Total recovery time, ms.
     pub recovery_ms: u64,
     /// Recovery succeeded.
     pub recovered: bool,
+    /// Its database record read back intact before recovery acted (data integrity).
+    #[serde(default)]
+    pub intact: bool,
     /// The report text (may be long).
     pub report: String,
+}
+
+impl CrashSummary {
+    /// The crash was recorded and its recovery ran to an end.
+    pub fn handled(&self) -> bool {
+        self.fate.is_some()
+    }
+}
+
+/// One step of a test as it ran, for the timeline: steps after a crash show here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 0-based index of the step in the test.
+    pub index: usize,
+    /// What it was (`load`, `exec: ...`, `trigger null`, ...).
+    pub step: String,
+    /// Start time (ms since the epoch).
+    pub started_at_ms: i64,
+    /// How long it ran, ms.
+    pub duration_ms: u64,
+    /// passed, failed, crashed (a crash came while it ran), or interrupted.
+    pub outcome: String,
+    /// Which run of the test (1 first, 2 after a retry or a rerun, ...).
+    pub attempt: u32,
 }
 
 /// One test on one kernel.
@@ -68,8 +128,12 @@ pub struct TestResult {
     pub expected_crash: Option<String>,
     /// Crashes seen during the test.
     pub crashes: Vec<CrashSummary>,
-    /// Times it was started (retries after recovery count).
+    /// Runs of the test or of its failed step (a level-1 retry or a rerun after a
+    /// restart counts one more).
     pub attempts: u32,
+    /// Every step run, in order, across retries and restarts.
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
     /// Measurements the steps recorded (name → value), e.g. op times, error rates.
     pub metrics: Vec<(String, f64)>,
 }
@@ -106,9 +170,10 @@ pub struct RecoveryEvent {
     pub test: String,
     /// Crash id.
     pub crash_id: i64,
-    /// Ladder level.
+    /// Ladder level; 0 for a step of the crashed test (so the timeline shows what ran
+    /// before and after the recovery).
     pub level: u8,
-    /// Action name.
+    /// Action name, or `step N: ...` for a test step.
     pub action: String,
     /// Start (ms since the epoch).
     pub started_at_ms: i64,
@@ -147,19 +212,5 @@ impl RunResults {
         self.kernels
             .iter()
             .all(|k| k.harness_error.is_none() && k.tests.iter().all(|t| t.status.ok()))
-    }
-
-    /// Test continuity: tests that reached a verdict (not error, not skipped for an
-    /// aborted kernel) over all tests.
-    pub fn continuity(&self) -> f64 {
-        let all: Vec<&TestResult> = self.kernels.iter().flat_map(|k| &k.tests).collect();
-        if all.is_empty() {
-            return 1.0;
-        }
-        let done = all
-            .iter()
-            .filter(|t| !matches!(t.status, TestStatus::Error))
-            .count();
-        done as f64 / all.len() as f64
     }
 }

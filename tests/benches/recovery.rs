@@ -61,6 +61,7 @@ async fn main() {
         path: m.module_path_in_guest.clone(),
         params: String::new(),
         fstype: Some("vexfs".into()),
+        smoke_source: "none".into(),
     };
     let mut store = Store::open(&db).unwrap();
     let run = store.begin_run("bench-recovery", "{}").unwrap();
@@ -103,8 +104,7 @@ async fn main() {
             .next_incident(Duration::from_secs(30), |_| {})
             .await
             .expect("no crash");
-        let row = guest::incident_row(&inc, &m.kernel_release, &ctx);
-        let h = guest::handle_crash(&mut g, &mut store, row, inc.at, &ctx, Policy::default())
+        let h = guest::handle_crash(&mut g, &mut store, &inc, &ctx, Policy::default())
             .await
             .unwrap();
         assert!(h.succeeded());
@@ -158,8 +158,7 @@ async fn main() {
             .await
             .expect("no verdict");
         let (verdict_after, decided) = (inc.at - at, at.elapsed());
-        let row = guest::incident_row(&inc, &m.kernel_release, &ctx);
-        let h = guest::handle_crash(&mut g, &mut store, row, inc.at, &ctx, Policy::default())
+        let h = guest::handle_crash(&mut g, &mut store, &inc, &ctx, Policy::default())
             .await
             .unwrap();
         assert!(h.succeeded(), "{name}: recovery failed");

@@ -11,6 +11,7 @@
 mod frames;
 mod incremental;
 mod lines;
+mod names;
 mod oops;
 mod parse;
 mod title;

@@ -125,7 +125,7 @@ fn buckets(o: &mut String, r: &RunResults) {
             o,
             "<tr><td class=\"num\">{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
             b.count,
-            text(&b.category),
+            text(b.category.as_str()),
             attr(&b.signature),
             text(&b.title),
             text(&b.kernels.join(", ")),
@@ -303,16 +303,16 @@ fn reports(o: &mut String, r: &RunResults) {
                     text(&k.kernel),
                     text(&t.name),
                     text(&c.title),
-                    text(&c.category),
+                    text(c.category.as_str()),
                     if c.expected { "expected, " } else { "" },
-                    text(&c.severity),
+                    text(c.severity.as_str()),
                     c.recovery_level,
                     if c.recovered {
                         format!("recovered in {}", dur(c.recovery_ms))
                     } else {
                         "NOT recovered".to_string()
                     },
-                    text(&c.fate),
+                    text(c.fate.map_or("not_recorded", |f| f.as_str())),
                     text(&c.report)
                 );
             }

@@ -149,7 +149,7 @@ fn case(out: &mut String, classname: &str, t: &TestResult) {
                     body,
                     "\n      <failure message=\"{}\" type=\"{}\">{}</failure>",
                     attr(&c.title),
-                    attr(&c.category),
+                    attr(c.category.as_str()),
                     text(&c.report)
                 );
             }
@@ -202,7 +202,7 @@ fn system_out(t: &TestResult, reported: &[bool]) -> String {
             } else {
                 "NOT recovered"
             },
-            c.fate,
+            c.fate.map_or("not_recorded", |f| f.as_str()),
             c.report.trim_end(),
         );
     }

@@ -3,7 +3,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::results::{KernelResults, RunResults, TestResult};
-use crate::store::{Bucket, Stats};
+use crate::scorecard::{self, Stats};
+use crate::store::Bucket;
 
 use super::Error;
 
@@ -22,6 +23,7 @@ pub fn merge(mut parts: Vec<RunResults>) -> Result<RunResults, Error> {
         });
     }
     let order = plan_order(parts.iter().flat_map(|p| &p.kernels));
+    let crashes: i64 = parts.iter().map(|p| p.stats.crashes).sum();
     let mut merged = RunResults {
         run_id: if parts.iter().all(|p| p.run_id == first.run_id) {
             first.run_id
@@ -33,7 +35,7 @@ pub fn merge(mut parts: Vec<RunResults>) -> Result<RunResults, Error> {
         started_at_ms: parts.iter().map(|p| p.started_at_ms).min().unwrap_or(0),
         finished_at_ms: parts.iter().map(|p| p.finished_at_ms).max().unwrap_or(0),
         kernels: Vec::new(),
-        stats: stats(&parts),
+        stats: Stats::default(),
         buckets: Vec::new(),
         timeline: Vec::new(),
     };
@@ -68,7 +70,12 @@ pub fn merge(mut parts: Vec<RunResults>) -> Result<RunResults, Error> {
             .cmp(&a.count)
             .then(a.first_seen_ms.cmp(&b.first_seen_ms))
     });
-    merged.stats.buckets = merged.buckets.len() as i64;
+    // The metrics of the union are those of its records, by the one definition.
+    merged.stats = scorecard::of_results(
+        &merged.kernels,
+        u64::try_from(crashes).unwrap_or(0),
+        merged.buckets.len() as u64,
+    );
     merged.timeline.sort_by(|a, b| {
         a.started_at_ms
             .cmp(&b.started_at_ms)
@@ -124,38 +131,6 @@ fn merge_bucket(buckets: &mut Vec<Bucket>, b: Bucket) {
         if !m.tests.contains(&t) {
             m.tests.push(t);
         }
-    }
-}
-
-/// Recovery metrics of the union, as far as the parts allow: counts summed, rates
-/// recomputed, means weighted by recoveries, p95 bounded by the parts' maximum. Test
-/// continuity is weighted by recoveries too, since its denominator (tests scheduled
-/// after a recovery) grows with them and is not in the parts.
-fn stats(parts: &[RunResults]) -> Stats {
-    let s: Vec<&Stats> = parts.iter().map(|p| &p.stats).collect();
-    let recoveries: i64 = s.iter().map(|s| s.recoveries).sum();
-    let recovered: i64 = s.iter().map(|s| s.recovered).sum();
-    let weighted = |f: fn(&Stats) -> f64, empty: f64| {
-        if recoveries == 0 {
-            empty
-        } else {
-            s.iter().map(|s| f(s) * s.recoveries as f64).sum::<f64>() / recoveries as f64
-        }
-    };
-    Stats {
-        crashes: s.iter().map(|s| s.crashes).sum(),
-        buckets: 0, // Set from the merged buckets.
-        recoveries,
-        recovered,
-        recovery_success_rate: if recoveries == 0 {
-            1.0
-        } else {
-            recovered as f64 / recoveries as f64
-        },
-        mean_recovery_ms: weighted(|s| s.mean_recovery_ms, 0.0),
-        p95_recovery_ms: s.iter().map(|s| s.p95_recovery_ms).fold(0.0, f64::max),
-        data_integrity: weighted(|s| s.data_integrity, 1.0),
-        test_continuity: weighted(|s| s.test_continuity, 1.0),
     }
 }
 
@@ -302,13 +277,13 @@ mod tests {
         assert_eq!(m.kernels[0].duration_ms, 2 * full.kernels[0].duration_ms);
         assert_eq!(m.kernels[0].accel, "kvm");
 
+        // The union's metrics are recomputed from its records, exactly as for the
+        // unsharded run (the parts' own figures only give the crash count).
         let s = &m.stats;
-        assert_eq!((s.crashes, s.recoveries, s.recovered), (5, 4, 3));
-        assert_eq!(s.recovery_success_rate, 0.75);
-        assert_eq!(s.mean_recovery_ms, (1_000.0 + 3.0 * 5_000.0) / 4.0);
-        assert_eq!(s.p95_recovery_ms, 9_000.0);
-        assert_eq!(s.data_integrity, 0.75);
-        assert_eq!(s.test_continuity, (1.0 + 3.0 * 0.5) / 4.0);
+        assert_eq!(s.crashes, 5);
+        let whole = scorecard::of_results(&full.kernels, 5, 2);
+        assert_eq!(*s, whole);
+        assert_eq!((s.recoveries, s.recovered), (2, 2));
 
         assert_eq!(m.buckets.len(), 2);
         assert_eq!(s.buckets, 2);

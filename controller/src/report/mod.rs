@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::results::RunResults;
-use crate::store::Stats;
+use crate::scorecard::Stats;
 
 pub mod html;
 pub mod json;
@@ -233,10 +233,13 @@ pub(crate) fn dur(ms: u64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::classify::{Category, Severity};
+    use crate::recovery::Fate;
     use crate::results::{
         CrashSummary, KernelResults, RecoveryEvent, RunResults, TestResult, TestStatus,
     };
-    use crate::store::{Bucket, Stats};
+    use crate::scorecard::Stats;
+    use crate::store::Bucket;
 
     /// A report text with everything that breaks naive XML/HTML writers.
     pub const NASTY: &str = "BUG: <vexfs_write+0x1c/0x80> & friends ]]> end\x01\x7f\r\n  CR2: 0";
@@ -250,21 +253,23 @@ pub(crate) mod tests {
             expected_crash: None,
             crashes: vec![],
             attempts: 1,
+            steps: vec![],
             metrics: vec![],
         }
     }
 
-    fn crash(id: i64, cat: &str, title: &str, expected: bool, report: &str) -> CrashSummary {
+    fn crash(id: i64, cat: Category, title: &str, expected: bool, report: &str) -> CrashSummary {
         CrashSummary {
             id,
-            category: cat.into(),
-            severity: "high".into(),
+            category: cat,
+            severity: Severity::High,
             title: title.into(),
             expected,
             recovery_level: 1,
-            fate: "continue".into(),
+            fate: Some(Fate::Continue),
             recovery_ms: 2_100,
             recovered: true,
+            intact: true,
             report: report.into(),
         }
     }
@@ -284,7 +289,7 @@ pub(crate) mod tests {
         let mut null = test("null_deref", TestStatus::Crashed, 4_000, "unexpected crash");
         null.crashes = vec![crash(
             7,
-            "module_crash",
+            Category::ModuleCrash,
             "BUG: kernel NULL pointer dereference in vexfs_write<T>",
             false,
             NASTY,
@@ -294,7 +299,7 @@ pub(crate) mod tests {
         panic.expected_crash = Some("kernel_panic".into());
         panic.crashes = vec![crash(
             8,
-            "kernel_panic",
+            Category::KernelPanic,
             "Kernel panic - not syncing: vexfs & co",
             true,
             "Kernel panic - not syncing: vexfs & co\n",
@@ -351,7 +356,7 @@ pub(crate) mod tests {
                     id: 1,
                     signature: "module_crash:vexfs_write".into(),
                     title: "BUG: kernel NULL pointer dereference in vexfs_write<T>".into(),
-                    category: "module_crash".into(),
+                    category: Category::ModuleCrash,
                     first_seen_ms: t0 + 5_000,
                     last_seen_ms: t0 + 9_000,
                     count: 2,
@@ -362,7 +367,7 @@ pub(crate) mod tests {
                     id: 2,
                     signature: "kernel_panic:vexfs".into(),
                     title: "Kernel panic - not syncing: vexfs & co".into(),
-                    category: "kernel_panic".into(),
+                    category: Category::KernelPanic,
                     first_seen_ms: t0 + 12_000,
                     last_seen_ms: t0 + 12_000,
                     count: 1,

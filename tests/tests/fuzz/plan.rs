@@ -5,7 +5,7 @@
 
 use vexfs_controller::plan::{
     self, CyclesStep, DEFAULT_PLAN, Error, ExecStep, Exit, GuestConfig, LeakCheck, ModuleConfig,
-    MountStep, Plan, Step, Test,
+    MountStep, OnRestart, Plan, Step, Test,
 };
 
 use crate::support::{self, Rng, mutate};
@@ -88,6 +88,9 @@ fn random_plan(rng: &mut Rng) -> Plan {
             path: word(rng),
             params: word(rng),
             fstype: word(rng),
+            smoke_source: word(rng),
+            trigger: rng.one_in(2).then(|| word(rng)),
+            leak_bound_kb: rng.number(),
         },
         guest: GuestConfig {
             memory_mib: rng.number() as u32,
@@ -156,6 +159,12 @@ fn random_test(rng: &mut Rng, index: usize) -> Test {
         timeout_s: small(rng).max(1),
         expect_crash: (triggers || rng.one_in(3)).then(|| word(rng)),
         only_kernels: (0..rng.size(2)).map(|_| word(rng)).collect(),
+        retries: rng.number() as u32,
+        on_restart: if rng.one_in(2) {
+            OnRestart::Continue
+        } else {
+            OnRestart::Rerun
+        },
         steps,
     }
 }

@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use vexfs_controller::classify::Category;
 use vexfs_controller::guest::{self, CrashContext, Guest, Handled, ModuleSpec};
+use vexfs_controller::incident::Incident;
 use vexfs_controller::recovery::{Fate, Level, Outcome, Policy};
-use vexfs_controller::store::{NewCrash, Store};
+use vexfs_controller::store::Store;
 use vexfs_controller::supervisor::WatchOptions;
 use vexfs_controller::trend;
 use vexfs_controller::verdict::Timeouts;
@@ -28,6 +30,7 @@ fn module(m: &Manifest) -> ModuleSpec {
         path: m.module_path_in_guest.clone(),
         params: String::new(),
         fstype: Some("vexfs".into()),
+        smoke_source: "none".into(),
     }
 }
 
@@ -77,13 +80,10 @@ pub(crate) fn fire_cmd(b: &Bench, cmd: &str) {
     );
 }
 
-/// Waits for the first incident and turns it into a crash row.
-pub(crate) async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, Instant) {
+/// Waits for the first incident.
+pub(crate) async fn first_crash(b: &mut Bench, within: Duration) -> Incident {
     match b.guest.watch().next_incident(within, |_| {}).await {
-        Some(i) => (
-            guest::incident_row(&i, &b.guest.health.kernel_release, &b.ctx),
-            i.at,
-        ),
+        Some(i) => i,
         None => panic!(
             "no crash within {within:?}; console:\n{}",
             b.guest.watch().console_excerpt()
@@ -92,13 +92,12 @@ pub(crate) async fn first_crash(b: &mut Bench, within: Duration) -> (NewCrash, I
 }
 
 /// Handles the crash and checks what every recovery must leave behind.
-pub(crate) async fn recover(b: &mut Bench, crash: NewCrash, at: Instant) -> Handled {
+pub(crate) async fn recover(b: &mut Bench, crash: Incident) -> Handled {
     let old_run_dir = b.guest.vm().map(|vm| vm.run_dir().display().to_string());
     let h = guest::handle_crash(
         &mut b.guest,
         &mut b.store,
-        crash.clone(),
-        at,
+        &crash,
         &b.ctx,
         Policy::default(),
     )
@@ -157,15 +156,15 @@ fn module_crash_null_deref_resets_the_guest() {
         eprintln!("booted in {:?}", t0.elapsed());
         let old_boot = b.guest.health.boot_id.clone();
         fire(&b, "null");
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(30)).await;
+        let crash = first_crash(&mut b, Duration::from_secs(30)).await;
         eprintln!("crash seen after {:?}: {}", t0.elapsed(), crash.title);
-        assert_eq!(crash.category, "module_crash");
+        assert_eq!(crash.category, Category::ModuleCrash);
         assert_eq!(
             crash.title,
             "BUG: unable to handle kernel NULL pointer dereference in vexfs_fault_null"
         );
-        assert_eq!(crash.module, "vexfs");
-        let h = recover(&mut b, crash, at).await;
+        assert_eq!(crash.module.as_deref(), Some("vexfs"));
+        let h = recover(&mut b, crash).await;
         // Never unload after an oops: straight to a system reset.
         assert!(!actions(&h).contains(&"unload_module"), "{:?}", actions(&h));
         assert_eq!(
@@ -188,11 +187,11 @@ async fn fault_case(
 ) -> Handled {
     let t0 = Instant::now();
     fire(b, fault);
-    let (crash, at) = first_crash(b, within).await;
+    let crash = first_crash(b, within).await;
     eprintln!("{fault}: crash after {:?}: {}", t0.elapsed(), crash.title);
-    assert_eq!(crash.category, category, "{}", crash.report);
+    assert_eq!(crash.category.as_str(), category, "{}", crash.report);
     assert_eq!(crash.title, title);
-    recover(b, crash, at).await
+    recover(b, crash).await
 }
 
 #[test]
@@ -231,8 +230,8 @@ fn deadlock_found_as_hung_task_and_reset_when_unkillable() {
             "echo deadlock > /sys/kernel/debug/vexfs/trigger".into(),
             Duration::from_secs(2),
         );
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(40)).await;
-        assert_eq!(crash.category, "deadlock", "{}", crash.report);
+        let crash = first_crash(&mut b, Duration::from_secs(40)).await;
+        assert_eq!(crash.category, Category::Deadlock, "{}", crash.report);
         assert_eq!(crash.title, "INFO: task hung in vexfs_fault_deadlock");
         // The reply comes before the recovery resets the guest.
         let reply = writer
@@ -254,7 +253,7 @@ fn deadlock_found_as_hung_task_and_reset_when_unkillable() {
         let said = vexfs_controller::client::unkillable_summary(&stuck);
         eprintln!("exec: {said}");
         assert!(said.contains("vexfs_fault_deadlock"), "{said}");
-        let h = recover(&mut b, crash, at).await;
+        let h = recover(&mut b, crash).await;
         // The agent's D-state scan named the stuck task before the kernel did; a task
         // in D state cannot be killed, so termination fails and the guest is reset.
         assert_eq!(actions(&h)[0], "kill_workload");
@@ -339,9 +338,9 @@ fn leak_found_by_trend_over_mount_cycles_and_cleaned_up() {
         let leaks = trend::leaks(&[series], &trend::Config::default());
         assert_eq!(leaks.len(), 1, "no leak found");
         assert!(leaks[0].slope > 32.0 && leaks[0].slope < 128.0, "{:?}", leaks[0]);
-        let crash = guest::leak_row(&leaks, "vexfs", "mount", b.guest.kernel(), &b.ctx);
+        let crash = Incident::leak(&leaks, "vexfs", "mount", Instant::now());
         assert_eq!(crash.title, "resource leak in vexfs: SUnreclaim per mount");
-        let h = recover(&mut b, crash, Instant::now()).await;
+        let h = recover(&mut b, crash).await;
         // A leak needs no reset: unload, clean up, reload, check.
         assert_eq!(
             actions(&h),
@@ -365,10 +364,10 @@ fn frozen_guest_is_a_system_hang() {
         };
         let mut b = bench("hang", opts).await;
         b.guest.vm().unwrap().qmp().stop().await.unwrap();
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(20)).await;
-        assert_eq!(crash.verdict, "guest_hung");
-        assert_eq!(crash.category, "system_hang");
-        let h = recover(&mut b, crash, at).await;
+        let crash = first_crash(&mut b, Duration::from_secs(20)).await;
+        assert_eq!(crash.verdict_name(), "guest_hung");
+        assert_eq!(crash.category, Category::SystemHang);
+        let h = recover(&mut b, crash).await;
         assert_eq!(
             (h.level, h.fate),
             (Level::SystemReset, Fate::RestartRequired)
@@ -384,9 +383,9 @@ fn agent_killed_in_a_live_guest_comes_back() {
         let mut b = bench("agent-kill", WatchOptions::default()).await;
         let old = b.guest.health.clone();
         fire_cmd(&b, "kill -KILL $PPID");
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(20)).await;
-        assert_eq!(crash.verdict, "agent_dead");
-        let h = recover(&mut b, crash, at).await;
+        let crash = first_crash(&mut b, Duration::from_secs(20)).await;
+        assert_eq!(crash.verdict_name(), "agent_dead");
+        let h = recover(&mut b, crash).await;
         // Init restarted the agent in the same boot: nothing to reset.
         assert_eq!((h.level, h.fate), (Level::Graceful, Fate::Continue));
         let now = b.guest.client().health().await.unwrap();
@@ -408,10 +407,14 @@ fn qemu_killed_is_vmm_death_and_relaunched() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(10)).await;
-        assert!(at - killed < Duration::from_secs(1), "{:?}", at - killed);
-        assert_eq!(crash.verdict, "vmm_dead");
-        let h = recover(&mut b, crash, at).await;
+        let crash = first_crash(&mut b, Duration::from_secs(10)).await;
+        assert!(
+            crash.at - killed < Duration::from_secs(1),
+            "{:?}",
+            crash.at - killed
+        );
+        assert_eq!(crash.verdict_name(), "vmm_dead");
+        let h = recover(&mut b, crash).await;
         assert_eq!(actions(&h)[0], "relaunch_vm");
         assert_eq!(
             (h.level, h.fate),

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio_stream::StreamExt;
 use vexfs_controller::client::AgentClient;
-use vexfs_controller::guest;
 use vexfs_controller::recovery::{Fate, Level, Outcome};
 use vexfs_controller::store::Store;
 use vexfs_controller::supervisor::WatchOptions;
@@ -148,10 +147,13 @@ fn sigstopped_qemu_is_a_frozen_vmm_and_relaunched() {
         let (pid, run_dir) = (vm.qemu_pid().unwrap(), vm.run_dir().display().to_string());
         let old_boot = b.guest.health.boot_id.clone();
         signal(pid, Signal::SIGSTOP);
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(30)).await;
-        assert_eq!(crash.verdict, "vmm_hung", "{}", crash.title);
-        assert_eq!(crash.category, "system_hang");
-        let h = recover(&mut b, crash, at).await;
+        let crash = first_crash(&mut b, Duration::from_secs(30)).await;
+        assert_eq!(crash.verdict_name(), "vmm_hung", "{}", crash.title);
+        assert_eq!(
+            crash.category,
+            vexfs_controller::classify::Category::SystemHang
+        );
+        let h = recover(&mut b, crash).await;
         // A stopped QEMU cannot reset its guest: it is killed and the VM relaunched.
         assert!(actions(&h).contains(&"relaunch_vm"), "{:?}", actions(&h));
         assert_eq!(
@@ -175,11 +177,20 @@ fn vsock_daemon_killed_is_a_dead_backend_and_relaunched() {
         let run_dir = vm.run_dir().display().to_string();
         let killed = Instant::now();
         signal(pid, Signal::SIGKILL);
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(20)).await;
+        let crash = first_crash(&mut b, Duration::from_secs(20)).await;
         // Told from the daemon's exit, not from ten seconds of silence.
-        assert!(at - killed < Duration::from_secs(2), "{:?}", at - killed);
-        assert_eq!(crash.verdict, "vsock_backend_dead", "{}", crash.title);
-        let h = recover(&mut b, crash, at).await;
+        assert!(
+            crash.at - killed < Duration::from_secs(2),
+            "{:?}",
+            crash.at - killed
+        );
+        assert_eq!(
+            crash.verdict_name(),
+            "vsock_backend_dead",
+            "{}",
+            crash.title
+        );
+        let h = recover(&mut b, crash).await;
         // The guest still runs: its state is captured (sysrq over QMP) before the
         // relaunch that brings a new daemon.
         assert_eq!(actions(&h)[..2], ["collect_forensics", "relaunch_vm"]);
@@ -295,9 +306,10 @@ fn module_that_will_not_unload_escalates_to_a_restart() {
             growth_lower: 960.0,
             leaking: true,
         }];
-        let crash = guest::leak_row(&leaks, "vexfs", "mount", b.guest.kernel(), &b.ctx);
+        let crash =
+            vexfs_controller::incident::Incident::leak(&leaks, "vexfs", "mount", Instant::now());
         let old_boot = b.guest.health.boot_id.clone();
-        let h = recover(&mut b, crash, Instant::now()).await;
+        let h = recover(&mut b, crash).await;
         let unloads: Vec<_> = h
             .steps
             .iter()

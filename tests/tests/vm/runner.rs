@@ -99,7 +99,7 @@ fn plan_with_failures_hangs_and_crashes_runs_to_the_end() {
         assert!(!r.all_ok());
         assert_eq!(r.stats.crashes, 2);
         assert_eq!(r.stats.recovery_success_rate, 1.0);
-        assert!(r.continuity() >= 0.9);
+        assert!(r.stats.test_continuity >= 0.9);
         // The checkpoint: every test has its final status in the database.
         let store = Store::open(&db).unwrap();
         let rows = store.tests(r.run_id).unwrap();

@@ -17,10 +17,17 @@ use vexfs_proto::{Counters, HungTask, StreamRequest, event};
 
 use crate::classify::{Classifier, CrashReport};
 use crate::client::AgentClient;
+use crate::incident::Incident;
 use crate::transport::Address;
 use crate::verdict::{self, Link, Signals, Timeouts, Verdict, VmState};
 use crate::vm::Vm;
 use crate::vm::console::{PANIC_LINE, Source};
+
+mod state;
+mod tasks;
+
+use state::{Shared, State, lock};
+use tasks::*;
 
 /// How long a classifier may hold an open report with no new input before the watcher
 /// looks at it anyway: after a panic or hang the console goes quiet mid-report.
@@ -96,19 +103,6 @@ pub struct StreamStats {
     pub max_heartbeat_gap: Duration,
 }
 
-/// A crash or a failure verdict; when both come, the crash explains the verdict.
-#[derive(Debug, Clone)]
-pub struct Incident {
-    /// The kernel's own report, when there is one.
-    pub report: Option<Box<CrashReport>>,
-    /// Where the report was read.
-    pub source: Option<CrashSource>,
-    /// The liveness verdict at the time.
-    pub verdict: Verdict,
-    /// When it was first noticed.
-    pub at: Instant,
-}
-
 /// Watch settings.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -128,85 +122,6 @@ impl Default for WatchOptions {
             fd_watch: Vec::new(),
         }
     }
-}
-
-/// What the watcher knows, shared between its tasks.
-#[derive(Debug)]
-struct State {
-    /// Last event of any kind from the agent: the silence clock.
-    last_alive: Option<Instant>,
-    /// Last heartbeat.
-    last_beat: Option<Instant>,
-    last_console: Option<Instant>,
-    panic_seen: bool,
-    vm_state: VmState,
-    qemu_exited: Option<Option<i32>>,
-    boot_id: String,
-    current_boot_id: String,
-    link: Link,
-    agent_pid: u32,
-    agent_restarted: bool,
-    backend_exited: bool,
-    last_seq: Option<u64>,
-    /// Seq the next kmsg record or gap should start at.
-    next_seq: u64,
-    /// Delivery accounting of the agent stream.
-    stream: StreamStats,
-    /// The last task reported stuck (D-state scan or kernel notice).
-    stuck_pid: Option<u32>,
-    /// (boot id, signature) already reported.
-    seen: HashSet<(String, String)>,
-    excerpt: std::collections::VecDeque<String>,
-}
-
-impl State {
-    /// Accounts a kmsg record.
-    fn record(&mut self, seq: u64) {
-        if seq != self.next_seq {
-            self.stream.out_of_order += 1;
-            tracing::warn!(
-                expected = self.next_seq,
-                got = seq,
-                "kmsg record out of order"
-            );
-        }
-        self.stream.records += 1;
-        self.next_seq = seq + 1;
-        self.last_seq = Some(seq);
-    }
-
-    /// Accounts a gap the agent reported (records `from..=to` lost).
-    fn gap(&mut self, from: u64, to: u64) {
-        if from != self.next_seq {
-            self.stream.out_of_order += 1;
-            tracing::warn!(expected = self.next_seq, from, "kmsg gap out of order");
-        }
-        self.stream.lost += to.saturating_sub(from) + 1;
-        self.next_seq = to + 1;
-    }
-
-    fn signals(&self, now: Instant) -> Signals {
-        let age = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
-        Signals {
-            qemu_exited: self.qemu_exited,
-            vm_state: self.vm_state,
-            panic_seen: self.panic_seen,
-            since_heartbeat: age(self.last_alive),
-            since_console: age(self.last_console),
-            boot_id: self.boot_id.clone(),
-            current_boot_id: self.current_boot_id.clone(),
-            link: self.link,
-            agent_restarted: self.agent_restarted,
-            backend_exited: self.backend_exited,
-        }
-    }
-}
-
-type Shared = Arc<Mutex<State>>;
-
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
-    // A panicked task cannot leave the state half-written in a way that matters here.
-    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A running watch over one guest. Dropping it stops its tasks.
@@ -363,12 +278,7 @@ impl Watch {
                 Observation::Crash {
                     report, source, at, ..
                 } => {
-                    return Some(Incident {
-                        report: Some(report),
-                        source: Some(source),
-                        verdict: self.verdict(),
-                        at,
-                    });
+                    return Some(Incident::from_report(&report, source, self.verdict(), at));
                 }
                 Observation::Verdict(mut v) if v.is_failure() => {
                     let at = Instant::now();
@@ -384,12 +294,7 @@ impl Watch {
                         let left = until.saturating_duration_since(Instant::now());
                         match self.recv_timeout(left).await {
                             Some(Observation::Crash { report, source, .. }) => {
-                                return Some(Incident {
-                                    report: Some(report),
-                                    source: Some(source),
-                                    verdict: v,
-                                    at,
-                                });
+                                return Some(Incident::from_report(&report, source, v, at));
                             }
                             // A sharper verdict may follow the first: silence, then
                             // QMP found not answering (a frozen VMM) or QEMU gone.
@@ -398,14 +303,7 @@ impl Watch {
                             }
                             Some(Observation::Verdict(_)) => {}
                             Some(o) => other(o),
-                            None => {
-                                return Some(Incident {
-                                    report: None,
-                                    source: None,
-                                    verdict: v,
-                                    at,
-                                });
-                            }
+                            None => return Some(Incident::from_verdict(v, at)),
                         }
                     }
                 }
@@ -433,351 +331,6 @@ impl Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         self.tasks.abort_all();
-    }
-}
-
-/// Feeds text to a classifier; returns the reports it completed, plus, when the input
-/// has gone idle, the report still open (looked at through a clone, so the real
-/// completion later dedupes against it).
-struct LiveClassifier {
-    inner: Classifier,
-}
-
-impl LiveClassifier {
-    fn new() -> Self {
-        Self {
-            inner: Classifier::new(),
-        }
-    }
-
-    fn feed(&mut self, line: &str) -> Vec<CrashReport> {
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        self.inner.feed(&bytes)
-    }
-
-    fn idle(&self) -> Vec<CrashReport> {
-        self.inner.clone().finish()
-    }
-}
-
-/// Sends the reports whose signature is new in this boot.
-async fn report(
-    state: &Shared,
-    tx: &mpsc::Sender<Observation>,
-    reports: Vec<CrashReport>,
-    source: CrashSource,
-) -> bool {
-    for r in reports {
-        let boot_id = {
-            let mut s = lock(state);
-            let key = (s.current_boot_id.clone(), r.signature.clone());
-            if !s.seen.insert(key) {
-                continue;
-            }
-            s.current_boot_id.clone()
-        };
-        let obs = Observation::Crash {
-            report: Box::new(r),
-            source,
-            boot_id,
-            at: Instant::now(),
-        };
-        if tx.send(obs).await.is_err() {
-            return false;
-        }
-    }
-    true
-}
-
-fn console_task(
-    vm: &Vm,
-    state: Shared,
-    tx: mpsc::Sender<Observation>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut lines = vm.console().subscribe();
-    async move {
-        let mut classifier = LiveClassifier::new();
-        let mut dirty = false;
-        loop {
-            let line = match tokio::time::timeout(IDLE_FLUSH, lines.recv()).await {
-                Ok(Ok(line)) => line,
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
-                    tracing::warn!("console watcher lagged {n} lines");
-                    continue;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    if dirty {
-                        dirty = false;
-                        if !report(&state, &tx, classifier.idle(), CrashSource::Console).await {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-            };
-            if line.source != Source::Serial {
-                continue;
-            }
-            {
-                let mut s = lock(&state);
-                s.last_console = Some(Instant::now());
-                if line.text.contains(PANIC_LINE) {
-                    s.panic_seen = true;
-                }
-                if s.excerpt.len() == EXCERPT_LINES {
-                    s.excerpt.pop_front();
-                }
-                s.excerpt.push_back(line.text.clone());
-            }
-            dirty = true;
-            let done = classifier.feed(&line.text);
-            if !report(&state, &tx, done, CrashSource::Console).await {
-                return;
-            }
-        }
-    }
-}
-
-/// Renders a kmsg record as a console line with timestamp and caller id, which is what
-/// the classifier knows how to de-interleave.
-fn kmsg_line(r: &vexfs_proto::KmsgRecord) -> String {
-    let caller = if r.caller.is_empty() {
-        String::new()
-    } else {
-        format!("[{:>6}]", r.caller)
-    };
-    format!(
-        "[{:5}.{:06}]{caller} {}",
-        r.ts_us / 1_000_000,
-        r.ts_us % 1_000_000,
-        r.text
-    )
-}
-
-async fn agent_task(
-    addr: Address,
-    state: Shared,
-    tx: mpsc::Sender<Observation>,
-    opts: WatchOptions,
-) {
-    let mut classifier = LiveClassifier::new();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let attempt = async {
-            let mut client = AgentClient::connect(&addr).await?;
-            let health = client.health().await?;
-            {
-                let mut s = lock(&state);
-                if s.link == Link::Reset {
-                    s.link = Link::Reconnected;
-                }
-                s.current_boot_id = health.boot_id.clone();
-                if health.agent_pid != s.agent_pid && health.boot_id == s.boot_id {
-                    s.agent_restarted = true;
-                }
-                s.agent_pid = health.agent_pid;
-            }
-            // Resume after the last record or gap seen, so nothing is delivered twice.
-            let from_seq = lock(&state).next_seq;
-            let req = StreamRequest {
-                from_seq,
-                heartbeat_ms: u32::try_from(opts.timeouts.heartbeat.as_millis()).unwrap_or(1000),
-                counters_ms: opts
-                    .counters
-                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(1000)),
-                disable_counters: opts.counters.is_none(),
-                fd_watch: opts.fd_watch.clone(),
-            };
-            let stream = client.stream_events(req).await?;
-            Ok::<_, crate::client::ClientError>(stream)
-        };
-        let mut stream = match attempt.await {
-            Ok(s) => {
-                backoff = Duration::from_millis(100);
-                s
-            }
-            Err(e) => {
-                tracing::debug!("agent stream: {e}");
-                lock(&state).link = Link::Reset;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let mut dirty = false;
-        loop {
-            let msg = match tokio::time::timeout(IDLE_FLUSH, stream.message()).await {
-                Ok(m) => m,
-                Err(_) => {
-                    if dirty {
-                        dirty = false;
-                        if !report(&state, &tx, classifier.idle(), CrashSource::Kmsg).await {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-            };
-            let ev = match msg {
-                Ok(Some(ev)) => ev,
-                Ok(None) | Err(_) => {
-                    lock(&state).link = Link::Reset;
-                    break;
-                }
-            };
-            // Any event shows the agent alive, not only a heartbeat: behind a backlog
-            // of records (a controller busy with many guests) the heartbeat waits its
-            // turn in the same stream, while the records ahead of it keep arriving.
-            let now = Instant::now();
-            lock(&state).last_alive = Some(now);
-            let obs = match ev.kind {
-                Some(event::Kind::Heartbeat(hb)) => {
-                    let mut s = lock(&state);
-                    if let Some(prev) = s.last_beat {
-                        let gap = now.saturating_duration_since(prev);
-                        s.stream.max_heartbeat_gap = s.stream.max_heartbeat_gap.max(gap);
-                    }
-                    s.stream.heartbeats += 1;
-                    s.last_beat = Some(now);
-                    if !hb.boot_id.is_empty() {
-                        s.current_boot_id = hb.boot_id;
-                    }
-                    None
-                }
-                Some(event::Kind::Kmsg(r)) => {
-                    lock(&state).record(r.seq);
-                    dirty = true;
-                    let done = classifier.feed(&kmsg_line(&r));
-                    if !report(&state, &tx, done, CrashSource::Kmsg).await {
-                        return;
-                    }
-                    None
-                }
-                Some(event::Kind::HungTask(h)) => {
-                    lock(&state).stuck_pid = Some(h.pid);
-                    Some(Observation::Hung(h))
-                }
-                Some(event::Kind::Counters(c)) => Some(Observation::Counters(Box::new(c))),
-                Some(event::Kind::Gap(g)) => {
-                    lock(&state).gap(g.from, g.to);
-                    Some(Observation::Gap {
-                        from: g.from,
-                        to: g.to,
-                    })
-                }
-                None => None,
-            };
-            if let Some(obs) = obs
-                && tx.send(obs).await.is_err()
-            {
-                return;
-            }
-        }
-    }
-}
-
-fn qmp_task(vm: &Vm, state: Shared) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut events = vm.qmp().subscribe();
-    async move {
-        loop {
-            let ev = match events.recv().await {
-                Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
-            };
-            let new = match ev.name.as_str() {
-                "GUEST_PANICKED" => Some(VmState::GuestPanicked),
-                "STOP" => Some(VmState::Paused),
-                "RESUME" => Some(VmState::Running),
-                "SHUTDOWN" => Some(VmState::Shutdown),
-                "RESET" => Some(VmState::Running),
-                _ => None,
-            };
-            if let Some(new) = new {
-                let mut s = lock(&state);
-                // A panicked guest stays panicked until reset, whatever STOP follows.
-                if s.vm_state != VmState::GuestPanicked || ev.name == "RESET" {
-                    s.vm_state = new;
-                }
-            }
-        }
-    }
-}
-
-/// Marks the state with `mark` when the process behind `exit` (QEMU, the vsock
-/// daemon) exits.
-async fn exit_task(
-    mut exit: tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>,
-    state: Shared,
-    mark: fn(&mut State, std::process::ExitStatus),
-) {
-    loop {
-        if let Some(status) = *exit.borrow_and_update() {
-            mark(&mut lock(&state), status);
-            return;
-        }
-        if exit.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// While the agent is late, asks QEMU for its status: a QEMU that does not answer
-/// (SIGSTOPped, its main loop wedged) is a frozen VMM, which a QMP `stop` (a frozen
-/// guest) or a hung kernel is not.
-fn qmp_probe_task(
-    vm: &Vm,
-    state: Shared,
-    timeouts: Timeouts,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let qmp = vm.qmp_handle();
-    async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let late = lock(&state)
-                .last_alive
-                .is_none_or(|t| t.elapsed() >= timeouts.heartbeat * 3);
-            if !late {
-                continue;
-            }
-            let answered = qmp.query_status_timeout(QMP_PROBE_TIMEOUT).await;
-            let mut s = lock(&state);
-            match answered {
-                Err(crate::vm::qmp::QmpError::Timeout(_)) => {
-                    if s.qemu_exited.is_none() && s.vm_state != VmState::GuestPanicked {
-                        s.vm_state = VmState::Unknown;
-                    }
-                }
-                Ok(status) if s.vm_state == VmState::Unknown => {
-                    s.vm_state = if status.running {
-                        VmState::Running
-                    } else {
-                        VmState::Paused
-                    };
-                }
-                // Closed or refused: QEMU is exiting, which the exit watch reports.
-                Ok(_) | Err(_) => {}
-            }
-        }
-    }
-}
-
-async fn judge_task(state: Shared, tx: mpsc::Sender<Observation>, timeouts: Timeouts) {
-    let mut last = Verdict::Healthy;
-    let mut tick = tokio::time::interval(JUDGE_EVERY);
-    loop {
-        tick.tick().await;
-        let v = verdict::judge(&lock(&state).signals(Instant::now()), &timeouts);
-        if v != last {
-            last = v.clone();
-            if tx.send(Observation::Verdict(v)).await.is_err() {
-                return;
-            }
-        }
     }
 }
 

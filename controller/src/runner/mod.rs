@@ -1,0 +1,275 @@
+//! Runs a plan across a matrix of kernels: one guest per kernel (up to `jobs` at a
+//! time), each test's steps through the agent while the supervisor watches, every
+//! crash recorded and recovered from, the run checkpointed in the database (test
+//! statuses) so `--resume` picks up where a killed controller stopped.
+//!
+//! One job per file: [`progress`] (status output), [`shard`] (the matrix slice),
+//! [`session`] (one kernel), [`test_run`] (one test), [`incident`] (a test's course
+//! after a crash), [`steps`] (the step interpreter), [`exec`] (running things in the
+//! guest), [`cycles`] (the load generator).
+
+mod cycles;
+mod exec;
+pub mod incident;
+mod progress;
+mod session;
+mod shard;
+mod steps;
+mod test_run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+use crate::results::{KernelResults, RecoveryEvent, RunResults};
+use crate::store::{self, Store};
+use crate::vm::image;
+
+pub use incident::crash_matches;
+pub use progress::Progress;
+use progress::{KernelStatus, Reporter};
+use shard::selector;
+pub use shard::{parse_shard, slice};
+
+/// Errors that stop a run as a whole (per-kernel trouble is recorded in the results).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The crash database failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// No image for a kernel of the plan.
+    #[error("kernel {kernel}: {source}")]
+    Image {
+        /// The selector.
+        kernel: String,
+        /// The cause.
+        source: image::ImageError,
+    },
+    /// The resumed run's saved plan is unusable.
+    #[error("cannot resume run {run}: {why}")]
+    Resume {
+        /// The run id.
+        run: i64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Bad shard or option.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The plan.
+    pub plan: Plan,
+    /// Its text, saved in the database for `--resume`.
+    pub plan_text: String,
+    /// Kernel selectors (override the plan's when not empty).
+    pub kernels: Vec<String>,
+    /// Guests at a time.
+    pub jobs: usize,
+    /// The crash database.
+    pub db: PathBuf,
+    /// Run only slice I of N (1-based).
+    pub shard: Option<(u32, u32)>,
+    /// Resume this run id.
+    pub resume: Option<i64>,
+    /// Where the guest images are.
+    pub images_dir: PathBuf,
+    /// Progress output.
+    pub progress: Progress,
+}
+
+/// What the database keeps to resume a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    plan_text: String,
+    kernels: Vec<String>,
+    shard: Option<(u32, u32)>,
+}
+
+/// Runs the plan (or resumes a run) and returns the results.
+pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
+    let store = Store::open(&cfg.db)?;
+    let run_id = match cfg.resume {
+        Some(run) => {
+            let (_, saved) = store.run_checkpoint(run)?;
+            let saved: Saved = serde_json::from_str(&saved).map_err(|e| Error::Resume {
+                run,
+                why: e.to_string(),
+            })?;
+            cfg.plan =
+                crate::plan::parse(&saved.plan_text, "saved plan").map_err(|e| Error::Resume {
+                    run,
+                    why: e.to_string(),
+                })?;
+            cfg.plan_text = saved.plan_text;
+            cfg.kernels = saved.kernels;
+            cfg.shard = saved.shard;
+            run
+        }
+        None => {
+            if cfg.kernels.is_empty() {
+                cfg.kernels = cfg.plan.kernels.clone();
+            }
+            let saved = Saved {
+                plan_text: cfg.plan_text.clone(),
+                kernels: cfg.kernels.clone(),
+                shard: cfg.shard,
+            };
+            let config = serde_json::json!({
+                "kernels": cfg.kernels,
+                "jobs": cfg.jobs,
+                "shard": cfg.shard,
+                "images_dir": cfg.images_dir,
+                "vexctl": env!("CARGO_PKG_VERSION"),
+            });
+            store.begin_resumable_run(
+                &cfg.plan.name,
+                &config.to_string(),
+                &serde_json::to_string(&saved).unwrap_or_default(),
+            )?
+        }
+    };
+    let started_at_ms = store::now_ms();
+    let mut manifests = Vec::new();
+    for k in &cfg.kernels {
+        let m = image::select_image(&cfg.images_dir, Some(selector(k))).map_err(|source| {
+            Error::Image {
+                kernel: k.clone(),
+                source,
+            }
+        })?;
+        manifests.push(m);
+    }
+    let releases: Vec<&str> = manifests
+        .iter()
+        .map(|m| m.kernel_release.as_str())
+        .collect();
+    let owned = slice(&releases, &cfg.plan.tests, cfg.shard);
+    let reporter = Reporter {
+        mode: cfg.progress,
+        board: Arc::new(std::sync::Mutex::new(
+            manifests
+                .iter()
+                .zip(&owned)
+                .map(|(m, t)| KernelStatus {
+                    kernel: m.kernel_release.clone(),
+                    total: t.len(),
+                    ..Default::default()
+                })
+                .collect(),
+        )),
+    };
+    let jobs = Arc::new(tokio::sync::Semaphore::new(cfg.jobs.max(1)));
+    let plan = Arc::new(cfg.plan.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ki, m) in manifests.iter().enumerate() {
+        if owned[ki].is_empty() {
+            continue;
+        }
+        let (jobs, plan, m, tests) = (jobs.clone(), plan.clone(), m.clone(), owned[ki].clone());
+        let (db, reporter) = (cfg.db.clone(), reporter.clone());
+        tasks.spawn(async move {
+            let _permit = jobs.acquire_owned().await;
+            let r = session::run_kernel(&plan, &m, &tests, run_id, &db, &reporter, ki).await;
+            (ki, r)
+        });
+    }
+    let mut kernels: Vec<(usize, KernelResults)> = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((ki, r)) => kernels.push((ki, r)),
+            Err(e) => tracing::error!("kernel task: {e}"),
+        }
+    }
+    reporter.finish();
+    kernels.sort_by_key(|(ki, _)| *ki);
+    let kernels: Vec<KernelResults> = kernels.into_iter().map(|(_, k)| k).collect();
+    let results = collect(&store, run_id, &cfg, kernels, started_at_ms)?;
+    let status = if results.all_ok() { "passed" } else { "failed" };
+    store.finish_run(run_id, status)?;
+    Ok(results)
+}
+
+fn collect(
+    store: &Store,
+    run_id: i64,
+    cfg: &RunConfig,
+    kernels: Vec<KernelResults>,
+    started_at_ms: i64,
+) -> Result<RunResults, Error> {
+    let mut timeline = Vec::new();
+    for c in store.crashes(Some(run_id), i64::MAX)? {
+        for a in store.attempts(c.id)? {
+            if a.action == store::RECOVERY_SUMMARY {
+                continue;
+            }
+            timeline.push(RecoveryEvent {
+                kernel: c.crash.kernel.clone(),
+                test: c.crash.test_name.clone(),
+                crash_id: c.id,
+                level: u8::try_from(a.level).unwrap_or(0),
+                action: a.action,
+                started_at_ms: a.started_at_ms,
+                duration_ms: u64::try_from(a.duration_ms).unwrap_or(0),
+                outcome: a.outcome,
+            });
+        }
+    }
+    // The steps of every test that crashed, around its recoveries: what ran before the
+    // crash, and that the steps after it ran too.
+    for k in &kernels {
+        for t in k.tests.iter().filter(|t| !t.crashes.is_empty()) {
+            for s in &t.steps {
+                timeline.push(RecoveryEvent {
+                    kernel: k.kernel.clone(),
+                    test: t.name.clone(),
+                    crash_id: t.crashes[0].id,
+                    level: 0,
+                    action: format!("step {}: {}", s.index + 1, s.step),
+                    started_at_ms: s.started_at_ms,
+                    duration_ms: s.duration_ms,
+                    outcome: s.outcome.clone(),
+                });
+            }
+        }
+    }
+    timeline.sort_by_key(|e| e.started_at_ms);
+    let (crashes, buckets) = store.crash_counts(Some(run_id))?;
+    let stats = crate::scorecard::of_results(&kernels, crashes, buckets);
+    Ok(RunResults {
+        run_id,
+        plan: cfg.plan.name.clone(),
+        shard: cfg.shard.map(|(i, n)| format!("{i}/{n}")),
+        started_at_ms,
+        finished_at_ms: store::now_ms(),
+        kernels,
+        stats,
+        buckets: store.buckets()?,
+        timeline,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_crash_matching() {
+        assert!(crash_matches("module_crash", "module_crash", "BUG: x"));
+        assert!(crash_matches(
+            "in vexfs_fault_null",
+            "module_crash",
+            "BUG: unable to handle kernel NULL pointer dereference in vexfs_fault_null"
+        ));
+        assert!(!crash_matches(
+            "deadlock",
+            "module_crash",
+            "kernel BUG in vexfs_fault_bug"
+        ));
+    }
+}
