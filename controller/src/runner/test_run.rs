@@ -16,6 +16,8 @@ use crate::store::Store;
 /// How long after a test's last step a crash is still the test's: the classifiers
 /// finish an open report after 400 ms of console quiet.
 const SETTLE: Duration = Duration::from_millis(1000);
+/// A step that fails this close to the test's deadline failed because of it.
+const DEADLINE_SLACK: Duration = Duration::from_millis(250);
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -109,6 +111,12 @@ pub(super) async fn run_test(
                 continue;
             }
             Race::Steps(StepsEnd::Failed(msg)) => {
+                // A step cut short by the test's own deadline is the test timing out.
+                let msg = if Instant::now() + DEADLINE_SLACK >= deadline {
+                    format!("timed out after {} s ({msg})", test.timeout_s)
+                } else {
+                    msg
+                };
                 fail(&mut result, msg);
                 break;
             }
