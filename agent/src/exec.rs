@@ -252,15 +252,13 @@ pub async fn run(req: ExecRequest, proc: &Path) -> Result<ExecReply, Error> {
 
 /// Describes a command that outlived SIGKILL: its state, kernel stack and wchan.
 fn unkillable_notice(proc: &Path, pid: u32, since_kill: Duration) -> HungTask {
-    let task = std::fs::read(proc.join(pid.to_string()).join("stat"))
-        .ok()
-        .and_then(|b| hung::parse_stat(&String::from_utf8_lossy(&b)))
-        .unwrap_or(hung::TaskStat {
-            pid,
-            comm: String::new(),
-            state: '?',
-            starttime: 0,
-        });
+    let task = hung::read_task(proc, pid).unwrap_or(hung::TaskStat {
+        pid,
+        comm: String::new(),
+        state: '?',
+        starttime: 0,
+        pgrp: 0,
+    });
     HungTask {
         source: HungSource::ExecKill as i32,
         ..hung::dstate_notice(proc, &task, since_kill)
@@ -349,7 +347,10 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(
             dir.join("stat"),
-            "321 (sh) D 1 321 321 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0\n",
+            format!(
+                "321 (sh) D 1 321 321 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 {}\n",
+                hung::STAT_TAIL
+            ),
         )
         .unwrap();
         std::fs::write(

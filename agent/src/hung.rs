@@ -36,28 +36,36 @@ pub struct TaskStat {
     pub state: char,
     /// Start time in clock ticks since boot: tells a reused pid apart.
     pub starttime: u64,
+    /// Process group id.
+    pub pgrp: u32,
 }
 
-/// Parses a /proc/PID/stat line. The comm may hold spaces and parentheses, so the
-/// fields are split after the last ')'.
+/// Parses a /proc/PID/stat line with the procfs crate. The comm may hold spaces and
+/// parentheses; procfs splits after the last ')'.
 pub fn parse_stat(line: &str) -> Option<TaskStat> {
+    use procfs::FromRead;
+    // procfs slices around the parentheses unchecked (`pid` before "(" and ") " after):
+    // a line without them would panic, and the agent aborts on panic. The kernel always
+    // writes them; a fake or torn file may not.
     let open = line.find('(')?;
     let close = line.rfind(')')?;
-    if close < open {
+    if open == 0 || close < open || !line[close..].starts_with(") ") {
         return None;
     }
-    let pid = line[..open].trim().parse().ok()?;
-    let comm = line[open + 1..close].to_string();
-    let mut rest = line[close + 1..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    // starttime is field 22; state is field 3, so it is the 19th after the state.
-    let starttime = rest.nth(18)?.parse().ok()?;
+    let s = procfs::process::Stat::from_read(line.as_bytes()).ok()?;
     Some(TaskStat {
-        pid,
-        comm,
-        state,
-        starttime,
+        pid: u32::try_from(s.pid).ok()?,
+        comm: s.comm,
+        state: s.state,
+        starttime: s.starttime,
+        pgrp: u32::try_from(s.pgrp).unwrap_or(0),
     })
+}
+
+/// Reads and parses /proc/PID/stat under `proc`; None when the process is gone.
+pub fn read_task(proc: &Path, pid: u32) -> Option<TaskStat> {
+    let bytes = std::fs::read(proc.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&String::from_utf8_lossy(&bytes))
 }
 
 /// Tracks how long each task has been in D state across scans and reports a task once
@@ -142,6 +150,11 @@ pub fn dstate_notice(proc: &Path, task: &TaskStat, blocked: Duration) -> HungTas
     }
 }
 
+/// Fields 23 (vsize) to 52 of a real /proc/PID/stat line (6.12, a shell), for tests
+/// that write fake stat files.
+#[cfg(test)]
+pub(crate) const STAT_TAIL: &str = "2596864 221 18446744073709551615 94245385678848 94245386268125 140727401537536 0 0 0 65536 2 0 0 0 17 0 0 0 0 0 0 94245386334448 94245386356304 94245414502400 140727401543387 140727401543397 140727401543397 140727401545709 0";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,14 +172,27 @@ mod tests {
 
     #[test]
     fn stat_with_odd_comm() {
-        let line = "42 (a) b (c)) D 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
-        let s = parse_stat(line).unwrap();
-        assert_eq!(
-            (s.pid, s.comm.as_str(), s.state, s.starttime),
-            (42, "a) b (c)", 'D', 777)
+        let line = format!(
+            "42 (a) b (c)) D 1 40 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 777 {STAT_TAIL}"
         );
-        assert!(parse_stat("garbage").is_none());
-        assert!(parse_stat("1 (x) R 1").is_none());
+        let s = parse_stat(&line).unwrap();
+        assert_eq!(
+            (s.pid, s.comm.as_str(), s.state, s.starttime, s.pgrp),
+            (42, "a) b (c)", 'D', 777, 40)
+        );
+        // Odd lines are refused, never a panic (the agent aborts on panic).
+        for bad in [
+            "garbage",
+            "1 (x) R 1",
+            "(x) R 1",
+            "1 (x)",
+            "1 (x)R",
+            "1 )x( R",
+            "",
+            "-1 (x) R 1",
+        ] {
+            assert!(parse_stat(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -178,6 +204,7 @@ mod tests {
             comm: "w".into(),
             state,
             starttime: 1,
+            pgrp: 7,
         };
         assert!(tr.update(t0, &[d('D')]).is_empty());
         assert!(tr.update(t0 + Duration::from_secs(1), &[d('D')]).is_empty());

@@ -67,13 +67,13 @@ pub fn load_listed_modules(list: &Path) {
         let result = std::fs::File::open(path)
             .map_err(|e| e.to_string())
             .and_then(|f| {
-                nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())
-                    .map_err(|e| e.desc().to_string())
+                match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(e.desc().to_string()),
+                }
             });
-        match result {
-            Ok(()) => {}
-            Err(e) if e == nix::errno::Errno::EEXIST.desc() => {}
-            Err(e) => say(&format!("load {path}: {e}")),
+        if let Err(e) = result {
+            say(&format!("load {path}: {e}"));
         }
     }
 }

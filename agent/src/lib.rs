@@ -8,6 +8,7 @@ pub mod counters;
 pub mod exec;
 pub mod hung;
 pub mod init;
+pub mod kill;
 pub mod kmsg;
 pub mod listen;
 pub mod modules;

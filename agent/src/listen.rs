@@ -61,7 +61,8 @@ pub async fn serve(
                 addr: addr.clone(),
                 source,
             })?;
-            tracing::info!("listening on {addr}");
+            // The controller waits for this console line before its first connect.
+            tracing::info!("{}:{port}", vexfs_proto::READY_MARKER);
             let (tx, rx) = mpsc::channel::<std::io::Result<tokio_vsock::VsockStream>>(16);
             tokio::spawn(async move {
                 loop {

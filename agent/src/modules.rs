@@ -310,14 +310,7 @@ impl Control {
         started: Instant,
     ) -> ModuleReply {
         let module = name.and_then(|n| self.find(n));
-        let (outcome, detail) = match outcome {
-            Some(Ok(())) => (ModuleOutcome::Ok, String::new()),
-            Some(Err(e)) => (ModuleOutcome::Failed, format!("{op}: {}", e.desc())),
-            None => (
-                ModuleOutcome::Hung,
-                format!("{op} did not return within the deadline; the call is stuck in the kernel"),
-            ),
-        };
+        let (outcome, detail) = outcome_of(op, outcome, name);
         ModuleReply {
             outcome: outcome as i32,
             module,
@@ -327,11 +320,37 @@ impl Control {
     }
 }
 
+/// What a kernel call's result means: `None` is a call that did not return in time.
+/// EEXIST from a load is its own outcome (the module is there already), so callers
+/// need not read the detail text.
+fn outcome_of(
+    op: &str,
+    outcome: Option<Result<(), Errno>>,
+    name: Option<&str>,
+) -> (ModuleOutcome, String) {
+    match outcome {
+        Some(Ok(())) => (ModuleOutcome::Ok, String::new()),
+        Some(Err(Errno::EEXIST)) if op == "load" => (
+            ModuleOutcome::AlreadyLoaded,
+            format!(
+                "load: a module named {} is already loaded",
+                name.unwrap_or("?")
+            ),
+        ),
+        Some(Err(e)) => (ModuleOutcome::Failed, format!("{op}: {}", e.desc())),
+        None => (
+            ModuleOutcome::Hung,
+            format!("{op} did not return within the deadline; the call is stuck in the kernel"),
+        ),
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn check_name(name: &str) -> Result<CString, Error> {
+/// Checks a module name: 1 to 55 letters, digits, '_' or '-'.
+pub fn check_name(name: &str) -> Result<CString, Error> {
     let ok = !name.is_empty()
         && name.len() < 56 // MODULE_NAME_LEN
         && name
@@ -443,6 +462,25 @@ mod tests {
         assert!(m[0].holders.is_empty());
         assert_eq!(m[1].holders.len(), 2);
         assert_eq!(m[1].taint, "");
+    }
+
+    #[test]
+    fn eexist_on_load_is_already_loaded() {
+        let (o, detail) = outcome_of("load", Some(Err(Errno::EEXIST)), Some("vexfs"));
+        assert_eq!(o, ModuleOutcome::AlreadyLoaded);
+        assert_eq!(detail, "load: a module named vexfs is already loaded");
+        // Other errors, and EEXIST from anything but a load, stay failures.
+        let (o, detail) = outcome_of("load", Some(Err(Errno::ENOEXEC)), Some("vexfs"));
+        assert_eq!(
+            (o, detail.as_str()),
+            (ModuleOutcome::Failed, "load: Exec format error")
+        );
+        assert_eq!(
+            outcome_of("unload", Some(Err(Errno::EEXIST)), Some("vexfs")).0,
+            ModuleOutcome::Failed
+        );
+        assert_eq!(outcome_of("load", Some(Ok(())), None).0, ModuleOutcome::Ok);
+        assert_eq!(outcome_of("unload", None, None).0, ModuleOutcome::Hung);
     }
 
     #[test]

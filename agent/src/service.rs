@@ -11,12 +11,13 @@ use tonic::{Code, Request, Response, Status};
 use vexfs_proto::agent_server::Agent;
 use vexfs_proto::{
     Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, Heartbeat,
-    ListModulesReply, ListModulesRequest, LoadModuleRequest, ModuleReply, ReloadModuleRequest,
-    SampleRequest, StreamRequest, SysrqReply, SysrqRequest, UnloadModuleRequest, event,
+    KillProcessReply, KillProcessRequest, ListModulesReply, ListModulesRequest, LoadModuleRequest,
+    ModuleReply, ReloadModuleRequest, SampleRequest, StreamRequest, SysrqReply, SysrqRequest,
+    UnloadModuleRequest, event,
 };
 
 use crate::config::Config;
-use crate::{counters, exec, hung, kmsg, modules, taint};
+use crate::{counters, exec, hung, kill, kmsg, modules, taint};
 
 /// Events buffered per stream before the readers wait for the client.
 const STREAM_BUFFER: usize = 1024;
@@ -95,6 +96,16 @@ impl From<counters::WatchError> for Status {
     }
 }
 
+impl From<kill::Error> for Status {
+    fn from(e: kill::Error) -> Self {
+        let code = match &e {
+            kill::Error::Invalid(_) => Code::InvalidArgument,
+            kill::Error::Signal { .. } => Code::PermissionDenied,
+        };
+        status(code, e.to_string())
+    }
+}
+
 /// The agent service state, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -131,9 +142,11 @@ impl Service {
     }
 
     fn uptime_ms(&self) -> u64 {
-        self.proc_file("uptime")
-            .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0, |s| (s * 1000.0) as u64)
+        use procfs::FromRead;
+        std::fs::read(self.config.proc.join("uptime"))
+            .ok()
+            .and_then(|b| procfs::Uptime::from_read(&b[..]).ok())
+            .map_or(0, |u| (u.uptime * 1000.0) as u64)
     }
 }
 
@@ -146,10 +159,8 @@ fn boottime_us() -> u64 {
 
 /// The agent's own resident set size in bytes (always the real /proc/self).
 fn own_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+    use procfs::FromRead;
+    procfs::process::StatM::from_file("/proc/self/statm").map_or(0, |m| m.resident * 4096)
 }
 
 fn period(ms: u32, default: Duration) -> Duration {
@@ -190,7 +201,7 @@ impl Agent for Service {
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
         let taint_mask = self
             .proc_file("sys/kernel/tainted")
-            .and_then(|t| t.parse().ok())
+            .and_then(|t| taint::parse(&t))
             .unwrap_or(0);
         Ok(Response::new(HealthReply {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -270,11 +281,15 @@ impl Agent for Service {
         request: Request<SampleRequest>,
     ) -> Result<Response<Counters>, Status> {
         let proc = self.config.proc.clone();
-        let watch = request.into_inner().fd_watch;
+        let req = request.into_inner();
+        let (watch, modules) = (req.fd_watch, req.modules);
         counters::check_watch(&watch)?;
-        let c = tokio::task::spawn_blocking(move || counters::sample(&proc, &watch, boottime_us()))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        counters::check_modules(&modules)?;
+        let c = tokio::task::spawn_blocking(move || {
+            counters::sample(&proc, &watch, &modules, boottime_us())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(c))
     }
 
@@ -348,6 +363,14 @@ impl Agent for Service {
         result.map_err(Status::unavailable)?;
         Ok(Response::new(SysrqReply {}))
     }
+
+    async fn kill_process(
+        &self,
+        request: Request<KillProcessRequest>,
+    ) -> Result<Response<KillProcessReply>, Status> {
+        let reply = kill::kill(request.into_inner(), self.config.proc.clone()).await?;
+        Ok(Response::new(reply))
+    }
 }
 
 impl Service {
@@ -390,7 +413,7 @@ impl Service {
                     let proc = proc.clone();
                     let watch = fd_watch.clone();
                     match tokio::task::spawn_blocking(move || {
-                        counters::sample(&proc, &watch, boottime_us())
+                        counters::sample(&proc, &watch, &[], boottime_us())
                     }).await {
                         Ok(c) => vec![Event { kind: Some(event::Kind::Counters(c)) }],
                         Err(_) => Vec::new(),

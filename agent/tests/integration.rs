@@ -12,9 +12,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use vexfs_proto::agent_client::AgentClient;
 use vexfs_proto::{
-    Event, ExecRequest, HealthRequest, HungSource, ListModulesRequest, LoadModuleRequest,
-    ModuleOutcome, ReloadModuleRequest, SampleRequest, StreamRequest, SysrqRequest,
-    UnloadModuleRequest, event,
+    Event, ExecRequest, HealthRequest, HungSource, KillProcessRequest, ListModulesRequest,
+    LoadModuleRequest, ModuleOutcome, ReloadModuleRequest, SampleRequest, StreamRequest,
+    SysrqRequest, UnloadModuleRequest, event,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -202,16 +202,13 @@ async fn counters_sampled_in_stream_and_on_demand() {
     assert_eq!(k.taint_mask, 12416);
 
     // A sample on demand sees a grown counter and names a file it could not read.
-    std::fs::write(
-        fx.proc().join("meminfo"),
-        "MemTotal: 4000000 kB\nSUnreclaim: 20500 kB\n",
-    )
-    .unwrap();
+    std::fs::write(fx.proc().join("meminfo"), common::meminfo(20_500)).unwrap();
     std::fs::remove_file(fx.proc().join("vmstat")).unwrap();
     fx.add_task(777, "mount", 'S');
     let k = c
         .sample_counters(SampleRequest {
             fd_watch: vec!["mount".into()],
+            modules: vec!["vexfs".into(), "not_loaded".into()],
         })
         .await
         .unwrap()
@@ -221,9 +218,34 @@ async fn counters_sampled_in_stream_and_on_demand() {
     assert!(
         k.process_fds
             .iter()
-            .any(|p| p.pid == 777 && p.comm == "mount")
+            .any(|p| p.pid == 777 && p.comm == "mount"),
+        "{k:?}"
     );
     assert_eq!(k.processes, 1);
+    // The module's /proc/modules line rides along (its refcount, for leak checks);
+    // a module that is not loaded is absent.
+    assert_eq!(k.modules.len(), 1, "{:?}", k.modules);
+    assert_eq!(
+        (k.modules[0].name.as_str(), k.modules[0].refcount),
+        ("vexfs", 0)
+    );
+    assert_eq!(k.modules[0].state, "Live");
+    // A reference taken shows in the next sample.
+    std::fs::write(
+        fx.proc().join("modules"),
+        "vexfs 24576 3 - Live 0xffffffffc0a00000 (OE)\n",
+    )
+    .unwrap();
+    let k = c
+        .sample_counters(SampleRequest {
+            modules: vec!["vexfs".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(k.modules[0].refcount, 3);
+    assert!(k.process_fds.iter().all(|p| p.pid != 777), "{k:?}");
 }
 
 #[tokio::test]
@@ -893,7 +915,23 @@ async fn stream_periods_are_clamped_and_watch_lists_bounded() {
             ..Default::default()
         };
         refused(c.stream_events(req), Code::InvalidArgument, says, &what).await;
-        let req = SampleRequest { fd_watch: watch };
+        let req = SampleRequest {
+            fd_watch: watch,
+            ..Default::default()
+        };
+        refused(c.sample_counters(req), Code::InvalidArgument, says, &what).await;
+        assert_alive(&mut agent, &mut c, &what).await;
+    }
+    for (modules, says) in [
+        (vec!["m".to_string(); 65], "65 names, more than 64"),
+        (vec!["../vexfs".to_string()], "must be 1 to 55 letters"),
+        (vec!["x".repeat(1 << 20)], "must be 1 to 55 letters"),
+    ] {
+        let what = format!("modules of {} names", modules.len());
+        let req = SampleRequest {
+            modules,
+            ..Default::default()
+        };
         refused(c.sample_counters(req), Code::InvalidArgument, says, &what).await;
         assert_alive(&mut agent, &mut c, &what).await;
     }
@@ -929,5 +967,180 @@ async fn vsock_probe_speaks_enough_http2_to_tell_accepted_from_refused() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("probe-vsock"), "{args:?}: {err}");
+    }
+}
+
+// ---- KillProcess: the real kill(2) on the test's own children, their state read from
+// the fake /proc tree (where a test can make a process look stuck in the kernel) ----
+
+/// A child `sleep 30` of this test, optionally leading its own process group.
+fn sleeper(own_group: bool) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("30");
+    if own_group {
+        cmd.process_group(0);
+    }
+    cmd.spawn().expect("spawn sleep")
+}
+
+/// Waits (at most 5 s) for `child` to exit and returns the signal that ended it.
+fn killed_by(child: &mut std::process::Child) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.signal();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill_req(pid: u32, wait_ms: u32) -> KillProcessRequest {
+    KillProcessRequest {
+        pid,
+        wait_ms,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn kill_process_kills_and_waits_until_gone() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    // A process that dies at SIGKILL: gone at once, and really killed.
+    let mut child = sleeper(false);
+    let r = c
+        .kill_process(kill_req(child.id(), 2000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.gone && r.existed, "{r:?}");
+    assert!(r.stuck.is_none() && r.state.is_empty(), "{r:?}");
+    assert!(r.waited_ms < 2000, "{r:?}");
+    assert_eq!(killed_by(&mut child), Some(9));
+    // SIGTERM to a whole group: every member gets it.
+    let mut leader = sleeper(true);
+    let r = c
+        .kill_process(KillProcessRequest {
+            pid: leader.id(),
+            signal: 15,
+            process_group: true,
+            wait_ms: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.gone && r.existed, "{r:?}");
+    assert_eq!(killed_by(&mut leader), Some(15));
+    // A pid nobody has: gone, and said never to have existed.
+    let mut dead = sleeper(false);
+    let dead_pid = dead.id();
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let r = c
+        .kill_process(kill_req(dead_pid, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.gone && !r.existed, "{r:?}");
+    // A process that takes a while to go (still 'D', then a zombie): waited for.
+    let mut slow = sleeper(false);
+    fx.add_task(slow.id(), "vexfs_slow", 'D');
+    let stat = fx.proc().join(slow.id().to_string()).join("stat");
+    let zombie = std::fs::read_to_string(&stat)
+        .unwrap()
+        .replace(") D ", ") Z ");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(stat, zombie).unwrap();
+    });
+    let r = c
+        .kill_process(kill_req(slow.id(), 5000))
+        .await
+        .unwrap()
+        .into_inner();
+    writer.join().unwrap();
+    assert!(r.gone, "{r:?}");
+    assert!((300..5000).contains(&r.waited_ms), "{r:?}");
+    assert_eq!(killed_by(&mut slow), Some(9));
+    assert_alive(&mut agent, &mut c, "kills").await;
+}
+
+#[tokio::test]
+async fn kill_process_reports_where_a_survivor_sleeps() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    // The fake /proc says the process sleeps uninterruptibly in the module.
+    let mut child = sleeper(false);
+    fx.add_task(child.id(), "vexfs_writer", 'D');
+    let started = Instant::now();
+    let r = c
+        .kill_process(kill_req(child.id(), 300))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.gone && r.existed, "{r:?}");
+    assert_eq!(r.state, "D");
+    assert!(r.waited_ms >= 300, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let stuck = r.stuck.expect("the survivor described");
+    assert_eq!(stuck.source, HungSource::KillProcess as i32);
+    assert_eq!(
+        (stuck.pid, stuck.comm.as_str()),
+        (child.id(), "vexfs_writer")
+    );
+    assert_eq!(stuck.wchan, "__mutex_lock.constprop.0");
+    assert!(stuck.stack[1].contains("vexfs_fault_deadlock"), "{stuck:?}");
+    // The signal was sent all the same.
+    assert_eq!(killed_by(&mut child), Some(9));
+    // A group with a stuck member names that member.
+    let mut leader = sleeper(true);
+    fx.add_task(leader.id(), "vexfs_group", 'D');
+    let r = c
+        .kill_process(KillProcessRequest {
+            pid: leader.id(),
+            process_group: true,
+            wait_ms: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.gone, "{r:?}");
+    assert_eq!(r.stuck.unwrap().comm, "vexfs_group");
+    assert_eq!(killed_by(&mut leader), Some(9));
+    assert_alive(&mut agent, &mut c, "stuck kills").await;
+}
+
+#[tokio::test]
+async fn kill_process_refuses_init_itself_and_bad_signals() {
+    let fx = Fixture::new();
+    let mut agent = fx.spawn(&[]);
+    let mut c = agent.client().await;
+    let me = agent.pid();
+    for (req, says) in [
+        (kill_req(0, 0), "pid 0"),
+        (kill_req(1, 0), "pid 1 is init"),
+        (kill_req(me, 0), "the agent itself"),
+        (kill_req(u32::MAX, 0), "above the kernel's limit"),
+        (
+            KillProcessRequest {
+                pid: 4242,
+                signal: 99,
+                ..Default::default()
+            },
+            "signal 99 is not one of 1..31",
+        ),
+    ] {
+        let what = format!("{req:?}");
+        refused(c.kill_process(req), Code::InvalidArgument, says, &what).await;
+        assert_alive(&mut agent, &mut c, &what).await;
     }
 }

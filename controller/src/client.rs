@@ -7,8 +7,9 @@ use tonic::transport::Channel;
 use vexfs_proto::agent_client::AgentClient as RawClient;
 use vexfs_proto::{
     Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, HungTask,
-    ListModulesReply, ListModulesRequest, LoadModuleRequest, ModuleReply, ReloadModuleRequest,
-    SampleRequest, StreamRequest, SysrqRequest, UnloadModuleRequest,
+    KillProcessReply, KillProcessRequest, ListModulesReply, ListModulesRequest, LoadModuleRequest,
+    ModuleReply, ReloadModuleRequest, SampleRequest, StreamRequest, SysrqRequest,
+    UnloadModuleRequest,
 };
 
 use crate::transport::{self, Address, TransportError};
@@ -237,6 +238,50 @@ impl AgentClient {
         .await
         .map(|_| ())
     }
+
+    /// Signals a guest process (or its group) and waits until it is gone; the agent
+    /// bounds the wait by `req.wait_ms` (0: 1 s) and answers with where a survivor
+    /// sleeps.
+    pub async fn kill_process(
+        &mut self,
+        req: KillProcessRequest,
+    ) -> Result<KillProcessReply, ClientError> {
+        let wait = Duration::from_millis(u64::from(req.wait_ms).clamp(1000, 60_000));
+        let timeout = self.call_timeout + wait;
+        let mut raw = self.raw.clone();
+        self.unary("KillProcess", timeout, raw.kill_process(req))
+            .await
+    }
+
+    /// SIGKILLs `pid` and waits up to `wait` for it to be gone.
+    pub async fn kill_and_wait(
+        &mut self,
+        pid: u32,
+        wait: Duration,
+    ) -> Result<KillProcessReply, ClientError> {
+        self.kill_process(KillProcessRequest {
+            pid,
+            signal: 0,
+            process_group: false,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        })
+        .await
+    }
+
+    /// A counter sample for a leak check: slab caches and meminfo Slab/SUnreclaim,
+    /// system file handles, the fds of the processes named in `fd_watch`, and the
+    /// /proc/modules line (refcount) of `module` in `Counters.modules`.
+    pub async fn leak_snapshot(
+        &mut self,
+        module: &str,
+        fd_watch: &[String],
+    ) -> Result<Counters, ClientError> {
+        self.sample_counters(SampleRequest {
+            fd_watch: fd_watch.to_vec(),
+            modules: vec![module.to_string()],
+        })
+        .await
+    }
 }
 
 /// One line on an Exec command that outlived its SIGKILL: who, and where in the kernel
@@ -322,6 +367,63 @@ mod tests {
             }
         }
         assert_eq!(beats, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn kill_and_leak_snapshot_reach_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let agent = FakeAgent::default();
+        agent.script_kill(KillProcessReply {
+            gone: false,
+            existed: true,
+            state: "D".into(),
+            stuck: Some(HungTask {
+                pid: 77,
+                wchan: "__mutex_lock".into(),
+                ..Default::default()
+            }),
+            waited_ms: 1000,
+        });
+        agent.script_sample(Counters {
+            modules: vec![vexfs_proto::Module {
+                name: "vexfs".into(),
+                refcount: 3,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let seen = agent.requests.clone();
+        serve(&path, agent);
+        let (mut client, _) =
+            AgentClient::connect_healthy(&Address::Unix(path), Duration::from_secs(5))
+                .await
+                .unwrap();
+        let r = client
+            .kill_and_wait(77, Duration::from_millis(1500))
+            .await
+            .unwrap();
+        assert!(!r.gone);
+        assert_eq!(r.stuck.unwrap().wchan, "__mutex_lock");
+        let c = client
+            .leak_snapshot("vexfs", &["mount".into()])
+            .await
+            .unwrap();
+        assert_eq!(c.modules[0].refcount, 3);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                "KillProcess pid=77 signal=0 group=false wait_ms=1500",
+                "SampleCounters fd_watch=[\"mount\"] modules=[\"vexfs\"]"
+            ]
+        );
+        // Nothing scripted: the fake says so.
+        let err = client.kill_and_wait(78, Duration::ZERO).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Rpc { rpc: "KillProcess", status } if status.code() == tonic::Code::Unimplemented),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! An in-process fake agent for the controller's own tests: Health counts calls,
 //! StreamEvents sends two heartbeats (or the events of a feed the test holds), Sysrq
-//! hangs, everything else is unimplemented.
+//! hangs, KillProcess and SampleCounters answer what the test scripted (in order),
+//! everything else is unimplemented.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,8 +15,9 @@ use tonic::{Request, Response, Status};
 use vexfs_proto::agent_server::{Agent, AgentServer};
 use vexfs_proto::{
     Counters, Event, ExecReply, ExecRequest, HealthReply, HealthRequest, Heartbeat,
-    ListModulesReply, ListModulesRequest, LoadModuleRequest, ModuleReply, ReloadModuleRequest,
-    SampleRequest, StreamRequest, SysrqReply, SysrqRequest, UnloadModuleRequest, event,
+    KillProcessReply, KillProcessRequest, ListModulesReply, ListModulesRequest, LoadModuleRequest,
+    ModuleReply, ReloadModuleRequest, SampleRequest, StreamRequest, SysrqReply, SysrqRequest,
+    UnloadModuleRequest, event,
 };
 
 /// One item of the event stream.
@@ -27,6 +30,12 @@ pub struct FakeAgent {
     pub health_calls: Arc<AtomicU32>,
     /// When set, the first StreamEvents streams what the test sends here.
     feed: Arc<Mutex<Option<mpsc::Receiver<EventItem>>>>,
+    /// KillProcess replies still to give, first first.
+    kills: Arc<Mutex<VecDeque<KillProcessReply>>>,
+    /// SampleCounters replies still to give, first first.
+    samples: Arc<Mutex<VecDeque<Counters>>>,
+    /// The scripted calls received, one line each (`KillProcess pid=.. ...`).
+    pub requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeAgent {
@@ -39,6 +48,20 @@ impl FakeAgent {
         };
         (agent, tx)
     }
+
+    /// Queues the reply of the next KillProcess call.
+    pub fn script_kill(&self, reply: KillProcessReply) {
+        lock(&self.kills).push_back(reply);
+    }
+
+    /// Queues the reply of the next SampleCounters call.
+    pub fn script_sample(&self, reply: Counters) {
+        lock(&self.samples).push_back(reply);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[tonic::async_trait]
@@ -77,9 +100,16 @@ impl Agent for FakeAgent {
     }
     async fn sample_counters(
         &self,
-        _: Request<SampleRequest>,
+        request: Request<SampleRequest>,
     ) -> Result<Response<Counters>, Status> {
-        Err(Status::unimplemented("fake"))
+        let r = request.into_inner();
+        lock(&self.requests).push(format!(
+            "SampleCounters fd_watch={:?} modules={:?}",
+            r.fd_watch, r.modules
+        ));
+        let next = lock(&self.samples).pop_front();
+        next.map(Response::new)
+            .ok_or_else(|| Status::unimplemented("fake: no sample scripted"))
     }
     async fn list_modules(
         &self,
@@ -111,6 +141,19 @@ impl Agent for FakeAgent {
     async fn sysrq(&self, _: Request<SysrqRequest>) -> Result<Response<SysrqReply>, Status> {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(Response::new(SysrqReply {}))
+    }
+    async fn kill_process(
+        &self,
+        request: Request<KillProcessRequest>,
+    ) -> Result<Response<KillProcessReply>, Status> {
+        let r = request.into_inner();
+        lock(&self.requests).push(format!(
+            "KillProcess pid={} signal={} group={} wait_ms={}",
+            r.pid, r.signal, r.process_group, r.wait_ms
+        ));
+        let next = lock(&self.kills).pop_front();
+        next.map(Response::new)
+            .ok_or_else(|| Status::unimplemented("fake: no kill scripted"))
     }
 }
 

@@ -21,11 +21,9 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = Self { dir };
         let p = f.proc();
+        let meminfo = meminfo(20_000);
         for (name, text) in [
-            (
-                "meminfo",
-                "MemTotal:       4000000 kB\nMemFree:  3000000 kB\nMemAvailable:   3500000 kB\nSlab:  50000 kB\nSUnreclaim:  20000 kB\n",
-            ),
+            ("meminfo", meminfo.as_str()),
             (
                 "slabinfo",
                 "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize>\nvexfs_inode 12 16 512 8 1 : tunables 0 0 0 : slabdata 2 2 0\nkmalloc-64 100 128 64 64 1 : tunables 0 0 0 : slabdata 2 2 0\n",
@@ -78,7 +76,7 @@ impl Fixture {
     pub fn add_task(&self, pid: u32, comm: &str, state: char) {
         let d = self.proc().join(pid.to_string());
         let stat = format!(
-            "{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5555 0 0\n"
+            "{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5555 {STAT_TAIL}\n"
         );
         write(&d.join("stat"), stat.as_bytes());
         write(
@@ -135,6 +133,29 @@ impl Default for Fixture {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Fields 23 (vsize) to 52 of a real /proc/PID/stat line (6.12, a shell).
+pub const STAT_TAIL: &str = "2596864 221 18446744073709551615 94245385678848 94245386268125 140727401537536 0 0 0 65536 2 0 0 0 17 0 0 0 0 0 0 94245386334448 94245386356304 94245414502400 140727401543387 140727401543397 140727401543397 140727401545709 0";
+
+/// A real /proc/meminfo (6.12 guest, 4 GB), SUnreclaim set to `sunreclaim` kB.
+pub fn meminfo(sunreclaim: u64) -> String {
+    format!(
+        "MemTotal:        4000000 kB\nMemFree:         3000000 kB\nMemAvailable:    3500000 kB\n\
+         Buffers:            1024 kB\nCached:            40960 kB\nSwapCached:            0 kB\n\
+         Active:            10240 kB\nInactive:          30720 kB\nActive(anon):       1568 kB\n\
+         Inactive(anon):    5833 kB\nActive(file):      8672 kB\nInactive(file):   24887 kB\n\
+         Unevictable:           0 kB\nMlocked:               0 kB\nSwapTotal:             0 kB\n\
+         SwapFree:              0 kB\nZswap:                 0 kB\nZswapped:              0 kB\n\
+         Dirty:                12 kB\nWriteback:             0 kB\nAnonPages:          7401 kB\n\
+         Mapped:             2048 kB\nShmem:               932 kB\nKReclaimable:      30000 kB\n\
+         Slab:              50000 kB\nSReclaimable:      30000 kB\nSUnreclaim:    {sunreclaim:>8} kB\n\
+         KernelStack:        1824 kB\nPageTables:          436 kB\nSecPageTables:         0 kB\n\
+         NFS_Unstable:          0 kB\nBounce:                0 kB\nWritebackTmp:          0 kB\n\
+         CommitLimit:     2000000 kB\nCommitted_AS:      24168 kB\nVmallocTotal:   34359738367 kB\n\
+         VmallocUsed:        6052 kB\nVmallocChunk:          0 kB\nPercpu:              768 kB\n\
+         HugePages_Total:       0\nHugePages_Free:        0\nHugepagesize:       2048 kB\n"
+    )
 }
 
 fn write(path: &Path, bytes: &[u8]) {

@@ -649,12 +649,12 @@ impl Vm {
             .wait_for(timeout, |l| {
                 l.source == Source::Serial
                     && l.since_start >= since
-                    && (l.text.contains("listening on vsock")
+                    && (l.text.contains(vexfs_proto::READY_MARKER)
                         || l.text.contains(console::PANIC_LINE))
             })
             .await;
         match line {
-            Some(l) if l.text.contains("listening on vsock") => Ok(()),
+            Some(l) if l.text.contains(vexfs_proto::READY_MARKER) => Ok(()),
             Some(l) => {
                 // Let the console reader catch the rest of the panic report.
                 tokio::time::sleep(Duration::from_millis(300)).await;
