@@ -29,9 +29,8 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a restarted guest may take to come back clean during recovery (the
 /// design's recovery-time target is 30 s).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Taint letters that say the kernel is no longer clean (die, warn, soft lockup, bad
-/// page, machine check).
-const DIRTY_TAINT: &[char] = &['D', 'W', 'L', 'B', 'M'];
+/// How long a killed stuck task may take to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long recovery waits for the agent's view of the guest before deciding without it.
 const ASSESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Mountpoint of the smoke test.
@@ -313,9 +312,9 @@ impl Guest {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            if let Some(bad) = health.taint_flags.chars().find(|c| DIRTY_TAINT.contains(c)) {
+            if vexfs_proto::Taint(health.taint_mask).dirty() {
                 return Err(GuestError::Unclean(format!(
-                    "kernel tainted {bad} ({})",
+                    "kernel tainted {}",
                     health.taint_flags
                 )));
             }
@@ -327,21 +326,24 @@ impl Guest {
         }
     }
 
-    async fn kill_stuck(&mut self) -> Outcome {
+    /// Kills the task the watcher last saw stuck and waits for it to be gone.
+    async fn kill_stuck(&mut self) -> Performed {
         let Some(pid) = self.watch.stuck_pid() else {
-            return Outcome::Hung;
+            return Performed::new(Outcome::Hung, "no stuck task known");
         };
-        let script = format!(
-            "kill -KILL {pid} 2>/dev/null; sleep 1; \
-             s=$(cat /proc/{pid}/stat 2>/dev/null | sed 's/.*) //' | cut -c1); \
-             [ -z \"$s\" ] || [ \"$s\" = Z ]"
-        );
-        match self
-            .exec(&["sh", "-c", &script], Duration::from_secs(10))
-            .await
-        {
-            Ok(r) if r.exit_code == 0 => Outcome::Succeeded,
-            _ => Outcome::Hung,
+        match self.client.kill_and_wait(pid, KILL_WAIT).await {
+            Ok(r) if r.gone => Performed::new(Outcome::Succeeded, format!("pid {pid} gone")),
+            Ok(r) => Performed::new(
+                Outcome::Hung,
+                match &r.stuck {
+                    Some(h) => format!(
+                        "pid {pid} did not die: {}",
+                        crate::client::unkillable_summary(h)
+                    ),
+                    None => format!("pid {pid} did not die (state {})", r.state),
+                },
+            ),
+            Err(e) => Performed::new(Outcome::Hung, format!("kill {pid}: {e}")),
         }
     }
 }
@@ -383,7 +385,7 @@ impl GuestActions for Guest {
 
     async fn perform(&mut self, action: &Action) -> Performed {
         match action {
-            Action::KillWorkload => self.kill_stuck().await.into(),
+            Action::KillWorkload => self.kill_stuck().await,
             Action::UnloadModule { deadline } => {
                 let name = self.module.name.clone();
                 let req = vexfs_proto::UnloadModuleRequest {
@@ -459,10 +461,9 @@ pub(crate) async fn load_module(
 
 fn module_outcome(r: &vexfs_proto::ModuleReply) -> Outcome {
     match ModuleOutcome::try_from(r.outcome) {
-        Ok(ModuleOutcome::Ok) => Outcome::Succeeded,
-        Ok(ModuleOutcome::Hung) => Outcome::Hung,
         // Loading a module that is already there is what we wanted.
-        _ if r.detail.contains("exists") => Outcome::Succeeded,
+        Ok(ModuleOutcome::Ok | ModuleOutcome::AlreadyLoaded) => Outcome::Succeeded,
+        Ok(ModuleOutcome::Hung) => Outcome::Hung,
         _ => Outcome::Failed,
     }
 }

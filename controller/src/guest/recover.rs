@@ -11,9 +11,6 @@ use crate::store::{self, NewAttempt, Store};
 
 use super::GuestError;
 
-/// Taint bit 7 (`D`): the kernel oopsed (died) since boot.
-const TAINT_DIE: u64 = 1 << 7;
-
 /// What the ladder needs to know about a guest when recovery starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assessment {
@@ -117,7 +114,7 @@ impl Handled {
 pub fn kernel_died(incident: &Incident, taint_mask: Option<u64>) -> bool {
     incident.category == Category::KernelPanic
         || match taint_mask {
-            Some(mask) => mask & TAINT_DIE != 0,
+            Some(mask) => vexfs_proto::Taint(mask).die(),
             None => matches!(
                 incident.category,
                 Category::ModuleCrash | Category::MemoryCorruption
