@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod cli;
 pub mod client;
+pub mod forensics;
 pub mod guest;
 pub mod plan;
 pub mod recovery;
@@ -12,6 +13,7 @@ pub mod results;
 pub mod runner;
 pub mod store;
 pub mod supervisor;
+pub mod symbolize;
 #[cfg(test)]
 mod test_agent;
 pub mod transport;
