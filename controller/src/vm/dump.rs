@@ -190,6 +190,35 @@ pub async fn capture(
     check_space(dir, free_bytes(dir)?, ram_mib, &limits)?;
     let offered = formats(qmp).await?;
     let format = DumpFormat::choose(&offered).ok_or(DumpError::NoFormat(offered))?;
+    capture_as(qmp, dir, format, limits, started).await
+}
+
+/// [`capture`] in a given format. ELF is what `makedumpfile --dump-dmesg` reads
+/// (version 1.7.2 refuses kdump-compressed input) and what `makedumpfile -c -d 31`
+/// turns into a small filtered kdump file.
+pub async fn capture_in(
+    qmp: &Qmp,
+    dir: &Path,
+    ram_mib: u32,
+    format: DumpFormat,
+    limits: DumpLimits,
+) -> Result<Dump, DumpError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir).map_err(|source| DumpError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    check_space(dir, free_bytes(dir)?, ram_mib, &limits)?;
+    capture_as(qmp, dir, format, limits, started).await
+}
+
+async fn capture_as(
+    qmp: &Qmp,
+    dir: &Path,
+    format: DumpFormat,
+    limits: DumpLimits,
+    started: Instant,
+) -> Result<Dump, DumpError> {
     let path = dir.join(VMCORE);
     let tmp = dir.join(format!("{VMCORE}.partial"));
     let _ = std::fs::remove_file(&tmp);

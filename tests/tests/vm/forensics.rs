@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vexfs_controller::forensics::{self, End, Key, Limits, Via, VmTarget};
 use vexfs_controller::symbolize;
-use vexfs_controller::vm::dump::{self, DumpLimits};
+use vexfs_controller::vm::dump::{self, DumpFormat, DumpLimits};
 use vexfs_controller::vm::image::Manifest;
 use vexfs_proto::ExecRequest;
 
@@ -205,25 +205,60 @@ fn panic_leaves_a_vmcore_whose_kernel_log_has_the_panic_line() {
             vm.output_tail(40)
         );
         let dir = tempfile::tempdir().unwrap();
-        let t0 = Instant::now();
         let d = dump::capture(vm.qmp(), dir.path(), 512, DumpLimits::default())
             .await
             .expect("dump");
         eprintln!(
-            "vmcore: {:?} {} bytes ({:.1} MiB) in {:?} (call {:?})",
+            "vmcore: {:?} {} bytes ({:.1} MiB) in {:?}",
             d.format,
             d.bytes,
             d.bytes as f64 / 1048576.0,
-            d.duration,
-            t0.elapsed()
+            d.duration
         );
-        let log = makedumpfile_dmesg(&d.path, &dir.path().join("dmesg.txt"));
+        // makedumpfile 1.7.2 extracts the log from ELF dumps only.
+        let elf_dir = dir.path().join("elf");
+        let e = dump::capture_in(
+            vm.qmp(),
+            &elf_dir,
+            512,
+            DumpFormat::Elf,
+            DumpLimits::default(),
+        )
+        .await
+        .expect("elf dump");
+        eprintln!(
+            "vmcore: {:?} {} bytes ({:.1} MiB) in {:?}",
+            e.format,
+            e.bytes,
+            e.bytes as f64 / 1048576.0,
+            e.duration
+        );
+        let log = makedumpfile_dmesg(&e.path, &dir.path().join("dmesg.txt"));
         assert!(
             log.contains(
                 "Kernel panic - not syncing: vexfs: injected panic from vexfs_fault_panic"
             ),
             "{}",
             &log[log.len().saturating_sub(3000)..]
+        );
+        // The same dump, filtered (free, cache and user pages dropped) and compressed.
+        let t0 = Instant::now();
+        let small = dir.path().join("vmcore.filtered");
+        let st = std::process::Command::new("makedumpfile")
+            .args(["-c", "-d", "31"])
+            .arg(&e.path)
+            .arg(&small)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        eprintln!(
+            "vmcore: makedumpfile -c -d 31: {} bytes in {:?}",
+            std::fs::metadata(&small).unwrap().len(),
+            t0.elapsed()
         );
     });
 }
