@@ -293,7 +293,7 @@ find "$root" -exec touch -h -d "@$epoch" {} +
 kfence=false
 grep -q '^CONFIG_KFENCE=y' "$config" 2>/dev/null && kfence=true
 package="linux-image-$rel"
-cmdline="console=ttyS0 rdinit=/init panic=-1 sysctl.kernel.hung_task_timeout_secs=5 sysctl.kernel.watchdog_thresh=5 sysctl.kernel.panic_on_warn=0"
+cmdline="console=ttyS0 rdinit=/init panic=-1 sysrq_always_enabled sysctl.kernel.hung_task_timeout_secs=5 sysctl.kernel.watchdog_thresh=5 sysctl.kernel.panic_on_warn=0"
 [ "$kfence" = true ] && cmdline="$cmdline kfence.sample_interval=1"
 cmdline="$cmdline vexfs.agent.port=$AGENT_PORT loglevel=7"
 

@@ -1,9 +1,11 @@
 //! The vexfs controller library behind `vexctl`: boots guests, talks to the agent,
 //! classifies crashes, records them and recovers.
 
+pub mod artifacts;
 pub mod classify;
 pub mod cli;
 pub mod client;
+pub mod forensics;
 pub mod guest;
 pub mod incident;
 pub mod plan;
@@ -14,6 +16,7 @@ pub mod runner;
 pub mod scorecard;
 pub mod store;
 pub mod supervisor;
+pub mod symbolize;
 #[cfg(test)]
 mod test_agent;
 pub mod transport;

@@ -10,6 +10,8 @@
 mod cid;
 #[path = "vm/faults.rs"]
 mod faults;
+#[path = "vm/forensics.rs"]
+mod forensics;
 #[path = "vm/recovery.rs"]
 mod recovery;
 #[path = "vm/reliability.rs"]

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::store::{self, Store};
+use crate::symbolize;
 
 use super::EXIT_OK;
 
@@ -105,8 +106,15 @@ pub fn run(args: CrashesArgs) -> anyhow::Result<u8> {
         CrashesCommand::Show { id } => {
             let c = store.crash(id)?;
             let attempts = store.attempts(id)?;
+            let lines = SourceLines::of(&path, id, &c.crash);
+            let artifacts = crate::artifacts::list(&path, id)?;
             if args.json {
-                let v = json!({ "crash": c, "attempts": attempts });
+                let v = json!({
+                    "crash": c,
+                    "attempts": attempts,
+                    "symbolized": lines.json(),
+                    "artifacts": artifacts,
+                });
                 writeln!(out, "{}", serde_json::to_string(&v)?)?;
             } else {
                 let k = &c.crash;
@@ -133,9 +141,30 @@ pub fn run(args: CrashesArgs) -> anyhow::Result<u8> {
                     time(k.detected_at_ms),
                     c.bucket_id
                 )?;
-                writeln!(out, "\n--- report ---\n{}", k.report)?;
+                writeln!(out, "\n--- report{} ---", lines.note())?;
+                writeln!(out, "{}", lines.report.as_deref().unwrap_or(&k.report))?;
                 if !k.forensics.is_empty() {
-                    writeln!(out, "\n--- forensics ---\n{}", k.forensics)?;
+                    writeln!(
+                        out,
+                        "\n--- forensics ---\n{}",
+                        lines.forensics.as_deref().unwrap_or(&k.forensics)
+                    )?;
+                }
+                if !artifacts.is_empty() {
+                    writeln!(
+                        out,
+                        "\n--- artifacts ({}) ---",
+                        crate::artifacts::dir(&path, id).display()
+                    )?;
+                    for a in &artifacts {
+                        writeln!(
+                            out,
+                            "{:11} {:>12} bytes  {}",
+                            format!("{:?}", a.kind).to_lowercase(),
+                            a.bytes,
+                            a.path.display()
+                        )?;
+                    }
                 }
                 writeln!(out, "\n--- recovery ---")?;
                 for a in &attempts {
@@ -203,9 +232,107 @@ pub fn run(args: CrashesArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Source lines for a crash's module frames, computed at display time from the .ko
+/// in its artifacts folder or the cached guest image.
+#[derive(Debug, Default)]
+struct SourceLines {
+    /// The .ko used.
+    ko: Option<PathBuf>,
+    /// The report with source lines, when any frame resolved.
+    report: Option<String>,
+    /// The forensics with source lines, when any frame resolved.
+    forensics: Option<String>,
+    /// Every resolved frame (report first, then forensics).
+    frames: Vec<symbolize::Frame>,
+    /// Why there are none.
+    error: Option<String>,
+}
+
+impl SourceLines {
+    fn of(db: &std::path::Path, id: i64, k: &store::NewCrash) -> Self {
+        let Some(ko) = crate::artifacts::module_ko(db, id, &k.kernel, &k.module) else {
+            return Self {
+                error: Some(format!("no module .ko for kernel {:?}", k.kernel)),
+                ..Self::default()
+            };
+        };
+        let mut s = Self {
+            ko: Some(ko.clone()),
+            ..Self::default()
+        };
+        for (text, slot) in [(&k.report, &mut s.report), (&k.forensics, &mut s.forensics)] {
+            match symbolize::report(text, &ko) {
+                Ok(r) if !r.frames.is_empty() => {
+                    *slot = Some(r.text);
+                    s.frames.extend(r.frames);
+                }
+                Ok(_) => {}
+                Err(e) => s.error = Some(e.to_string()),
+            }
+        }
+        s
+    }
+
+    fn note(&self) -> String {
+        match (&self.ko, &self.error, self.report.is_some()) {
+            (Some(ko), None, true) => format!(" (source lines from {})", ko.display()),
+            (_, Some(e), _) => format!(" (no source lines: {e})"),
+            _ => String::new(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "ko": self.ko,
+            "report": self.report,
+            "forensics": self.forensics,
+            "frames": self.frames,
+            "error": self.error,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_lines_come_from_the_crash_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("crashes.db");
+        let ko = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/symbolize/6.12.117+deb12-amd64/vexfs.ko"
+        );
+        let k = store::NewCrash {
+            // No kernel: nothing is looked up outside the folder.
+            report: "RIP: 0010:vexfs_fault_null+0x7/0x11 [vexfs]\n".into(),
+            forensics: " vexfs_fault_deadlock+0x2a/0x41 [vexfs]\n".into(),
+            module: "vexfs".into(),
+            ..Default::default()
+        };
+        let none = SourceLines::of(&db, 3, &k);
+        assert!(none.note().contains("no module .ko"), "{}", none.note());
+        assert!(none.report.is_none());
+        crate::artifacts::write(
+            &db,
+            3,
+            &crate::artifacts::Inputs {
+                report: &k.report,
+                module_ko: Some(std::path::Path::new(ko)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let s = SourceLines::of(&db, 3, &k);
+        assert!(s.report.as_deref().unwrap().contains("vexfs.c:715"));
+        assert!(s.forensics.as_deref().unwrap().contains(" vexfs.c:"));
+        assert_eq!(s.frames.len(), 2);
+        assert!(s.note().contains("artifacts/3/vexfs.ko"), "{}", s.note());
+        let j = s.json();
+        assert_eq!(j["frames"][0]["symbol"], "vexfs_fault_null");
+        assert!(j["error"].is_null());
+    }
 
     #[test]
     fn times_are_utc_with_a_space() {

@@ -242,28 +242,15 @@ impl Guest {
         }
     }
 
-    /// Sysrq w/t/l/m through the QMP keyboard (works with userspace dead) and the
-    /// console lines they produced.
+    /// Sysrq w/l/m (blocked tasks, all-CPU backtraces, memory) through the agent while
+    /// it answers, else the QMP keyboard; bounded and timed (see [`crate::forensics`]).
     pub async fn forensics(&mut self) -> String {
         let Some(vm) = &self.vm else {
             return String::new();
         };
-        let before = vm.console().history().len();
-        for key in ["w", "l", "m", "t"] {
-            if let Err(e) = vm.qmp().sysrq(key).await {
-                return format!("sysrq {key} through QMP failed: {e}\n");
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let lines = vm.console().history();
-        let new = lines.get(before.min(lines.len())..).unwrap_or_default();
-        let mut out = String::from("--- sysrq w/l/m/t (QMP send-key) ---\n");
-        for l in new.iter().rev().take(4000).rev() {
-            out.push_str(&l.text);
-            out.push('\n');
-        }
-        out
+        crate::forensics::collect_vm(vm, Some(self.client.clone()))
+            .await
+            .render()
     }
 
     /// Hard reset over QMP.

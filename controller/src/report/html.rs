@@ -3,6 +3,7 @@
 //! reports. Inline CSS and a few lines of JS; no external resources (a CSP forbids
 //! them), every value escaped.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::results::{RunResults, TestResult, TestStatus};
@@ -40,8 +41,22 @@ for (const a of document.querySelectorAll('a[href^=\"#crash-\"]')) {
 document.body.dataset.ok = '1';
 ";
 
+/// Per-crash additions to the page: source lines and links to the crash's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrashExtras {
+    /// The report (and forensics) with source lines for the module's frames.
+    pub source_lines: Option<String>,
+    /// Links to the crash's artifacts: (label, href).
+    pub artifacts: Vec<(String, String)>,
+}
+
 /// Renders the run as one self-contained HTML page.
 pub fn html(r: &RunResults) -> String {
+    html_with(r, &HashMap::new())
+}
+
+/// [`html`] with source lines and artifact links for the crashes in `extras` (by id).
+pub fn html_with(r: &RunResults, extras: &HashMap<i64, CrashExtras>) -> String {
     let mut o = String::new();
     let ok = r.all_ok();
     let verdict = if ok { "PASSED" } else { "FAILED" };
@@ -59,7 +74,7 @@ pub fn html(r: &RunResults) -> String {
     buckets(&mut o, r);
     matrix(&mut o, r);
     timeline(&mut o, r);
-    reports(&mut o, r);
+    reports(&mut o, r, extras);
     let _ = write!(o, "<script>{JS}</script>\n</body>\n</html>\n");
     o
 }
@@ -288,7 +303,7 @@ fn timeline(o: &mut String, r: &RunResults) {
     o.push_str("</tbody>\n</table>\n</section>\n");
 }
 
-fn reports(o: &mut String, r: &RunResults) {
+fn reports(o: &mut String, r: &RunResults, extras: &HashMap<i64, CrashExtras>) {
     o.push_str("<section>\n<h2>Crash reports</h2>\n");
     let mut any = false;
     for (ki, k) in r.kernels.iter().enumerate() {
@@ -297,7 +312,7 @@ fn reports(o: &mut String, r: &RunResults) {
                 any = true;
                 let _ = write!(
                     o,
-                    "<details id=\"{}\"><summary>#{} {} / {}: {} <small>[{}, {}{}, level {}, {}, fate {}]</small></summary>\n<pre>{}</pre></details>\n",
+                    "<details id=\"{}\"><summary>#{} {} / {}: {} <small>[{}, {}{}, level {}, {}, fate {}]</small></summary>\n<pre>{}</pre>",
                     anchor(ki, ti, ci),
                     c.id,
                     text(&k.kernel),
@@ -315,6 +330,10 @@ fn reports(o: &mut String, r: &RunResults) {
                     text(c.fate.map_or("not_recorded", |f| f.as_str())),
                     text(&c.report)
                 );
+                if let Some(x) = extras.get(&c.id) {
+                    crash_extras(o, x);
+                }
+                o.push_str("</details>\n");
             }
         }
     }
@@ -322,6 +341,19 @@ fn reports(o: &mut String, r: &RunResults) {
         o.push_str("<p>No crashes.</p>\n");
     }
     o.push_str("</section>\n");
+}
+
+fn crash_extras(o: &mut String, x: &CrashExtras) {
+    if let Some(s) = &x.source_lines {
+        let _ = write!(o, "\n<p>Source lines:</p>\n<pre>{}</pre>", text(s));
+    }
+    if !x.artifacts.is_empty() {
+        o.push_str("\n<p>Artifacts:</p>\n<ul>");
+        for (label, href) in &x.artifacts {
+            let _ = write!(o, "<li><a href=\"{}\">{}</a></li>", attr(href), text(label));
+        }
+        o.push_str("</ul>");
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +364,31 @@ mod tests {
 
     use super::*;
     use crate::report::tests::{NASTY, sample};
+
+    #[test]
+    fn crash_extras_add_source_lines_and_links() {
+        let r = sample();
+        let id = r.kernels[0]
+            .tests
+            .iter()
+            .find_map(|t| t.crashes.first())
+            .expect("a crash in the sample")
+            .id;
+        let x = CrashExtras {
+            source_lines: Some("RIP: f+0x1/0x2 [vexfs] vexfs.c:7 <b>".into()),
+            artifacts: vec![("vmcore (3 bytes)".into(), "artifacts/1/vmcore?a=\"x".into())],
+        };
+        let h = html_with(&r, &HashMap::from([(id, x)]));
+        assert!(
+            h.contains("<pre>RIP: f+0x1/0x2 [vexfs] vexfs.c:7 &lt;b&gt;</pre>"),
+            "{h}"
+        );
+        assert!(h.contains("<a href=\"artifacts/1/vmcore?a=&quot;x\">vmcore (3 bytes)</a>"));
+        assert_eq!(
+            html(&r).matches("</details>").count(),
+            h.matches("</details>").count()
+        );
+    }
 
     #[test]
     fn everything_is_escaped() {

@@ -14,6 +14,7 @@
 //! backend, which is why `wait_for_agent` first waits for the agent's vsock marker.
 
 pub mod console;
+pub mod dump;
 pub mod image;
 pub mod process;
 pub mod qemu;

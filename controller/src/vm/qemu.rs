@@ -140,6 +140,9 @@ pub fn build_argv(
     if cfg.pvpanic {
         push(&["-device", "pvpanic-pci"]);
     }
+    // The guest's fw_cfg driver hands the kernel's VMCOREINFO note to QEMU, which puts
+    // it in guest memory dumps so tools find the kernel's symbols.
+    push(&["-device", "vmcoreinfo"]);
     push(&["-action", &format!("panic={}", cfg.panic_action.as_str())]);
     if cfg.no_reboot {
         push(&["-no-reboot"]);
@@ -228,7 +231,11 @@ mod tests {
         );
         assert_eq!(
             value_after(&argv, "-device"),
-            ["pvpanic-pci", "vhost-user-vsock-pci,chardev=vsock0"]
+            [
+                "pvpanic-pci",
+                "vmcoreinfo",
+                "vhost-user-vsock-pci,chardev=vsock0"
+            ]
         );
         assert_eq!(value_after(&argv, "-action"), ["panic=pause"]);
         assert!(!argv.contains(&"-cpu".to_string()));
@@ -258,7 +265,7 @@ mod tests {
         assert!(value_after(&argv, "-object").is_empty());
         assert_eq!(
             value_after(&argv, "-device"),
-            ["vhost-vsock-pci,guest-cid=42"]
+            ["vmcoreinfo", "vhost-vsock-pci,guest-cid=42"]
         );
         assert_eq!(value_after(&argv, "-action"), ["panic=exit-failure"]);
         assert_eq!(value_after(&argv, "-smp"), ["2"]);
