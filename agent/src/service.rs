@@ -16,7 +16,7 @@ use vexfs_proto::{
 };
 
 use crate::config::Config;
-use crate::{counters, exec, hung, kmsg, modules, taint};
+use crate::{counters, exec, hung, kmsg, modules, restore, taint};
 
 /// Events buffered per stream before the readers wait for the client.
 const STREAM_BUFFER: usize = 1024;
@@ -203,6 +203,7 @@ impl Agent for Service {
             agent_rss_bytes: own_rss(),
             agent_pid: std::process::id(),
             last_kmsg_seq: self.last_seq.load(Ordering::Relaxed),
+            restore_generation: restore::generation(),
         }))
     }
 
