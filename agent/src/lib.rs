@@ -13,6 +13,7 @@ pub mod kmsg;
 pub mod listen;
 pub mod modules;
 pub mod probe;
+pub mod restore;
 pub mod service;
 pub mod taint;
 

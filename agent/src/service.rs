@@ -17,7 +17,7 @@ use vexfs_proto::{
 };
 
 use crate::config::Config;
-use crate::{counters, exec, hung, kill, kmsg, modules, taint};
+use crate::{counters, exec, hung, kill, kmsg, modules, restore, taint};
 
 /// Events buffered per stream before the readers wait for the client.
 const STREAM_BUFFER: usize = 1024;
@@ -214,6 +214,7 @@ impl Agent for Service {
             agent_rss_bytes: own_rss(),
             agent_pid: std::process::id(),
             last_kmsg_seq: self.last_seq.load(Ordering::Relaxed),
+            restore_generation: restore::generation(),
         }))
     }
 

@@ -18,6 +18,8 @@ mod recovery;
 mod reliability;
 #[path = "vm/runner.rs"]
 mod runner;
+#[path = "vm/snapshot.rs"]
+mod snapshot;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

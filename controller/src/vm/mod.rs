@@ -16,9 +16,12 @@
 pub mod console;
 pub mod dump;
 pub mod image;
+pub mod migration;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod restart;
+pub mod snapshot;
 pub mod vsock_backend;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +38,7 @@ use crate::transport::Address;
 use console::{Console, ConsoleLine, Source};
 use image::Manifest;
 use process::{ChildGroup, ProcessError};
-pub use qemu::{Accel, PanicAction};
+pub use qemu::{Accel, PanicAction, VsockSlot};
 use qmp::{Qmp, QmpError};
 use vsock_backend::{BackendError, VsockChoice, VsockDaemon, VsockPlan};
 
@@ -228,6 +231,9 @@ pub struct VmConfig {
     pub probe_timeout: Duration,
     /// Where the probe result is cached (default: the vexfs cache dir).
     pub cache_dir: Option<PathBuf>,
+    /// Where the vsock device sits: `RootPort` makes the VM snapshottable (see
+    /// [`snapshot`]); the default keeps the plain layout.
+    pub vsock_slot: VsockSlot,
 }
 
 impl VmConfig {
@@ -254,6 +260,7 @@ impl VmConfig {
             extra_qemu_args: Vec::new(),
             probe_timeout: Duration::from_secs(5),
             cache_dir: None,
+            vsock_slot: VsockSlot::Builtin,
         }
     }
 
@@ -341,6 +348,9 @@ pub struct Vm {
     guest_task: Option<tokio::task::JoinHandle<()>>,
     qemu: Option<ChildGroup>,
     daemon: Option<VsockDaemon>,
+    /// Restored from a snapshot: the agent's "listening" line is in the snapshot's
+    /// past, not on this console (until the guest resets).
+    restored: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -377,6 +387,7 @@ impl Vm {
             guest_task: None,
             qemu: None,
             daemon: None,
+            restored: false,
         };
         let plan = cfg.vsock.resolve(&run_dir, cfg.guest_cid);
         let port = cmdline_port(&qemu::kernel_cmdline(cfg));
@@ -637,7 +648,7 @@ impl Vm {
     /// so does every later one (measured). So wait for the agent's "listening on
     /// vsock" console line before the first connect.
     async fn await_agent_listening(&self, timeout: Duration) -> Result<(), VmError> {
-        if self.daemon.is_none() {
+        if self.daemon.is_none() || (self.restored && self.guest.borrow().resets == 0) {
             return Ok(());
         }
         // The first boot is no different: a CONNECT that reaches the daemon before the

@@ -53,6 +53,27 @@ impl PanicAction {
     }
 }
 
+/// Where the vsock device sits, which decides whether a snapshot can be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VsockSlot {
+    /// On the root bus, given on the command line (cannot be unplugged: no snapshot).
+    #[default]
+    Builtin,
+    /// On a hot-pluggable PCIe root port ([`ROOT_PORT_ID`]), with id [`VSOCK_DEVICE_ID`]:
+    /// it can be unplugged, which makes the VM migratable (snapshots).
+    RootPort,
+    /// A restore target: the root port without the device (added after the incoming
+    /// migration) and `-incoming defer`.
+    Incoming,
+}
+
+/// QOM id of the PCIe root port the vsock device sits on when it can be unplugged.
+pub const ROOT_PORT_ID: &str = "rp0";
+/// QOM id of the vsock device on the root port.
+pub const VSOCK_DEVICE_ID: &str = "vsock";
+/// Chardev id of the vhost-user vsock socket.
+pub const VSOCK_CHARDEV_ID: &str = "vsock0";
+
 /// The kernel command line actually passed: the configured one plus the serial
 /// console and the agent port when the configuration lacks them.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
@@ -147,17 +168,35 @@ pub fn build_argv(
     if cfg.no_reboot {
         push(&["-no-reboot"]);
     }
+    if cfg.vsock_slot != VsockSlot::Builtin {
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id={ROOT_PORT_ID},chassis=1,slot=1"),
+        ]);
+    }
+    if cfg.vsock_slot == VsockSlot::Incoming {
+        push(&["-incoming", "defer"]);
+    }
+    // On the root port the device gets a bus and an id, so it can be unplugged.
+    let slot = match cfg.vsock_slot {
+        VsockSlot::Builtin => String::new(),
+        _ => format!(",bus={ROOT_PORT_ID},id={VSOCK_DEVICE_ID}"),
+    };
+    let vsock = match cfg.vsock_slot {
+        VsockSlot::Incoming => &VsockPlan::None,
+        _ => vsock,
+    };
     match vsock {
         VsockPlan::Kernel { cid } => {
-            push(&["-device", &format!("vhost-vsock-pci,guest-cid={cid}")])
+            push(&["-device", &format!("vhost-vsock-pci,guest-cid={cid}{slot}")])
         }
         VsockPlan::VhostUser { vhost_socket, .. } => {
-            let mut chardev = OsString::from("socket,id=vsock0,path=");
+            let mut chardev = OsString::from(format!("socket,id={VSOCK_CHARDEV_ID},path="));
             chardev.push(vhost_socket);
             a.push("-chardev".into());
             a.push(chardev);
             a.push("-device".into());
-            a.push("vhost-user-vsock-pci,chardev=vsock0".into());
+            a.push(format!("vhost-user-vsock-pci,chardev={VSOCK_CHARDEV_ID}{slot}").into());
         }
         VsockPlan::None => {}
     }
@@ -270,6 +309,52 @@ mod tests {
         assert_eq!(value_after(&argv, "-action"), ["panic=exit-failure"]);
         assert_eq!(value_after(&argv, "-smp"), ["2"]);
         assert!(argv.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn vsock_on_root_port_and_incoming_restore_target() {
+        let run = PathBuf::from("/run/vm1");
+        let plan = VsockPlan::VhostUser {
+            cid: 3,
+            vhost_socket: run.join("vhost.sock"),
+            uds_path: run.join("vm.vsock"),
+        };
+        let mut c = cfg();
+        c.vsock_slot = VsockSlot::RootPort;
+        let argv = strings(&build_argv(&c, Accel::Tcg, &plan, &run.join("q")));
+        assert_eq!(
+            value_after(&argv, "-device"),
+            [
+                "pvpanic-pci",
+                "pcie-root-port,id=rp0,chassis=1,slot=1",
+                "vhost-user-vsock-pci,chardev=vsock0,bus=rp0,id=vsock"
+            ]
+        );
+        assert!(value_after(&argv, "-incoming").is_empty());
+        c.vsock_slot = VsockSlot::Incoming;
+        let incoming = strings(&build_argv(&c, Accel::Tcg, &plan, &run.join("q")));
+        assert_eq!(
+            value_after(&incoming, "-device"),
+            ["pvpanic-pci", "pcie-root-port,id=rp0,chassis=1,slot=1"]
+        );
+        assert_eq!(
+            value_after(&incoming, "-chardev"),
+            ["stdio,id=ser0,signal=off"]
+        );
+        assert_eq!(value_after(&incoming, "-incoming"), ["defer"]);
+        // Memory stays a shareable memfd: the device comes back after the migration.
+        assert_eq!(
+            value_after(&incoming, "-machine"),
+            ["q35,memory-backend=mem"]
+        );
+        c.vsock_slot = VsockSlot::RootPort;
+        let kernel = strings(&build_argv(
+            &c,
+            Accel::Kvm,
+            &VsockPlan::Kernel { cid: 9 },
+            &run,
+        ));
+        assert!(kernel.contains(&"vhost-vsock-pci,guest-cid=9,bus=rp0,id=vsock".to_string()));
     }
 
     #[test]

@@ -42,9 +42,9 @@ fn deadlock_forensics_show_the_blocked_task_from_sysrq_w_with_source_lines() {
             "echo deadlock > /sys/kernel/debug/vexfs/trigger".into(),
             Duration::from_secs(2),
         );
-        let (crash, at) = first_crash(&mut b, Duration::from_secs(40)).await;
+        let crash = first_crash(&mut b, Duration::from_secs(40)).await;
         assert_eq!(crash.title, "INFO: task hung in vexfs_fault_deadlock");
-        let h = recover(&mut b, crash, at).await;
+        let h = recover(&mut b, crash).await;
         let step = h
             .steps
             .iter()

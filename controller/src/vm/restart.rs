@@ -1,0 +1,220 @@
+//! A fresh guest, the fast way when possible: restore the configuration's snapshot
+//! (taking it first when there is none), and fall back to a cold boot when the
+//! snapshot cannot be used, saying why. Also the fresh-state proof for restored guests
+//! (their boot id is the snapshot's) and the disk-cache trap.
+
+use std::time::{Duration, Instant};
+
+use vexfs_proto::{ExecRequest, HealthReply};
+
+use super::snapshot::{self, Restored, SnapshotError};
+use super::{Accel, Vm, VmConfig, VmError, resolve_accel};
+use crate::client::AgentClient;
+
+/// How a fresh guest came to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartedFrom {
+    /// Restored from the snapshot; the guest reports this generation.
+    Snapshot {
+        /// The restore generation written into the guest.
+        generation: u64,
+        /// Whether the snapshot was taken by this call (none existed).
+        taken_now: bool,
+    },
+    /// A cold boot; `fallback` says why the snapshot was not used (None: snapshots
+    /// were not asked for).
+    ColdBoot {
+        /// The snapshot failure that made this a cold boot.
+        fallback: Option<String>,
+    },
+}
+
+/// A fresh guest with its agent answering.
+#[derive(Debug)]
+pub struct Started {
+    /// The VM.
+    pub vm: Vm,
+    /// A client of its agent.
+    pub client: AgentClient,
+    /// Its Health.
+    pub health: HealthReply,
+    /// Restored or booted.
+    pub from: StartedFrom,
+    /// From the call to agent healthy (including any snapshot taken on the way).
+    pub elapsed: Duration,
+}
+
+/// Restores `cfg`'s snapshot (taking it when missing; a snapshot that fails to
+/// restore is removed, so the next call rebuilds it) or, when that fails, cold boots
+/// `cfg`; either way waits up to `timeout` for the agent. Only a failed cold boot is
+/// an error.
+pub async fn restore_or_boot(cfg: &VmConfig, timeout: Duration) -> Result<Started, VmError> {
+    let start = Instant::now();
+    let accel = resolve_accel(cfg).await;
+    let fallback = match snapshot_restore(cfg, accel, timeout).await {
+        Ok((r, taken_now)) => {
+            return Ok(Started {
+                vm: r.vm,
+                client: r.client,
+                health: r.health,
+                from: StartedFrom::Snapshot {
+                    generation: r.generation,
+                    taken_now,
+                },
+                elapsed: start.elapsed(),
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "snapshot restore failed; cold booting");
+            e.to_string()
+        }
+    };
+    let vm = Vm::launch_with(cfg, accel).await?;
+    let left = timeout.saturating_sub(start.elapsed());
+    let (client, health) = vm.wait_for_agent(left).await?;
+    Ok(Started {
+        vm,
+        client,
+        health,
+        from: StartedFrom::ColdBoot {
+            fallback: Some(fallback),
+        },
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Restores the snapshot of `cfg`, taking it first when there is none; removes one
+/// that does not restore. Returns whether it was taken now.
+pub async fn snapshot_restore(
+    cfg: &VmConfig,
+    accel: Accel,
+    timeout: Duration,
+) -> Result<(Restored, bool), SnapshotError> {
+    let root = snapshot::store_root(cfg);
+    let key = snapshot::snapshot_key(cfg, accel)?;
+    let (snap, taken_now) = match snapshot::find(&root, &key) {
+        Some(s) => (s, false),
+        None => (snapshot::take(cfg, accel, &root, timeout).await?, true),
+    };
+    match Vm::restore(cfg, accel, &snap, timeout).await {
+        Ok(r) => Ok((r, taken_now)),
+        Err(e) => {
+            snapshot::discard(&snap);
+            Err(e)
+        }
+    }
+}
+
+/// Why a guest counts as fresh after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// A new boot: another boot id, no restore generation.
+    NewBoot,
+    /// A new restore: a generation the old guest did not have.
+    NewRestore {
+        /// The new generation.
+        generation: u64,
+    },
+}
+
+/// Whether `new` is a different guest from `old` (the one that crashed): a new
+/// restore generation, or a new boot id without one. A restored guest keeps the
+/// snapshot's boot id, so the boot id alone cannot tell.
+pub fn fresh_state(old: &HealthReply, new: &HealthReply) -> Result<Freshness, String> {
+    if new.restore_generation != 0 {
+        if new.restore_generation == old.restore_generation {
+            return Err(format!(
+                "restore generation {} did not change",
+                new.restore_generation
+            ));
+        }
+        return Ok(Freshness::NewRestore {
+            generation: new.restore_generation,
+        });
+    }
+    if new.boot_id == old.boot_id {
+        return Err(format!(
+            "boot id {} did not change and no restore generation",
+            new.boot_id
+        ));
+    }
+    Ok(Freshness::NewBoot)
+}
+
+/// The guest shell script behind [`drop_block_caches`]; the devices are its `$@`.
+pub const DROP_CACHES_SCRIPT: &str = "set -e; for d in \"$@\"; do blockdev --flushbufs \"$d\"; done; \
+     sync; echo 3 > /proc/sys/vm/drop_caches";
+
+/// The Exec request that drops the guest's cached blocks of `devices` (unmounted
+/// block devices, e.g. `/dev/vda`) and the page cache.
+pub fn drop_caches_request(devices: &[&str]) -> ExecRequest {
+    let mut argv: Vec<String> = vec!["sh".into(), "-c".into(), DROP_CACHES_SCRIPT.into()];
+    argv.push("sh".into());
+    argv.extend(devices.iter().map(|d| d.to_string()));
+    ExecRequest {
+        argv,
+        timeout_ms: 30_000,
+        ..Default::default()
+    }
+}
+
+/// Drops what a restored guest cached of `devices` (`blockdev --flushbufs` each, then
+/// `drop_caches`). Call it after a restore and before the first use of any disk that
+/// may have changed since the snapshot was taken: the snapshot's page cache still
+/// holds the blocks it read back then.
+pub async fn drop_block_caches(client: &AgentClient, devices: &[&str]) -> Result<(), VmError> {
+    let mut c = client.clone().with_call_timeout(Duration::from_secs(35));
+    let r = c.exec(drop_caches_request(devices)).await?;
+    if r.exit_code != 0 {
+        return Err(VmError::Config(format!(
+            "dropping block caches of {devices:?} failed ({}): {}",
+            r.exit_code,
+            String::from_utf8_lossy(&r.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(boot: &str, generation: u64) -> HealthReply {
+        HealthReply {
+            boot_id: boot.into(),
+            restore_generation: generation,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fresh_state_needs_a_new_generation_or_a_new_boot() {
+        let cold = health("a", 0);
+        assert_eq!(fresh_state(&cold, &health("b", 0)), Ok(Freshness::NewBoot));
+        assert!(fresh_state(&cold, &health("a", 0)).is_err());
+        // Restored from a snapshot (boot id "s") after a cold-booted guest.
+        assert_eq!(
+            fresh_state(&cold, &health("s", 7)),
+            Ok(Freshness::NewRestore { generation: 7 })
+        );
+        // Restore after restore: same boot id, the generation tells.
+        assert_eq!(
+            fresh_state(&health("s", 7), &health("s", 8)),
+            Ok(Freshness::NewRestore { generation: 8 })
+        );
+        assert!(fresh_state(&health("s", 7), &health("s", 7)).is_err());
+        // A restored guest that crashed and was cold booted: new boot, generation gone.
+        assert_eq!(
+            fresh_state(&health("s", 7), &health("c", 0)),
+            Ok(Freshness::NewBoot)
+        );
+    }
+
+    #[test]
+    fn drop_caches_passes_devices_as_arguments() {
+        let r = drop_caches_request(&["/dev/vda", "/dev/vdb"]);
+        assert_eq!(&r.argv[..2], ["sh", "-c"]);
+        assert!(r.argv[2].contains("blockdev --flushbufs"));
+        assert_eq!(&r.argv[3..], ["sh", "/dev/vda", "/dev/vdb"]);
+    }
+}
