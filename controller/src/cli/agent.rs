@@ -363,6 +363,7 @@ fn outcome_name(outcome: i32) -> &'static str {
         Ok(ModuleOutcome::Hung) => "hung",
         Ok(ModuleOutcome::Failed) => "failed",
         Ok(ModuleOutcome::VerifyFailed) => "verify-failed",
+        Ok(ModuleOutcome::AlreadyLoaded) => "already-loaded",
         _ => "unspecified",
     }
 }

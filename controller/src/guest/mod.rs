@@ -26,9 +26,10 @@ pub use recover::{
 
 /// How long a booting guest may take to answer Health.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a restarted guest may take to come back clean during recovery (the
-/// design's recovery-time target is 30 s).
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a restarted guest may take to come back clean during recovery before the
+/// ladder tries again. The recovery-time target (30 s) is measured, not enforced here: a
+/// loaded CI machine boots a TCG guest several times slower than an idle one.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a killed stuck task may take to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long recovery waits for the agent's view of the guest before deciding without it.

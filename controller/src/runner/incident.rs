@@ -18,7 +18,7 @@ pub fn crash_matches(expect: &str, category: &str, title: &str) -> bool {
 }
 
 /// Whether `incident` is what `test` expects.
-pub(super) fn expected(test: &Test, incident: &Incident) -> bool {
+pub fn expected(test: &Test, incident: &Incident) -> bool {
     test.expect_crash
         .as_deref()
         .is_some_and(|e| crash_matches(e, incident.category.as_str(), &incident.title))
@@ -104,7 +104,11 @@ pub async fn handle<G: GuestActions>(
     let was_expected = expected(test, incident);
     // An expected crash is the test doing its job: it never counts toward isolation.
     let ctx = CrashContext {
-        test_crashes: if was_expected { 1 } else { ctx.test_crashes },
+        test_crashes: if was_expected {
+            1
+        } else {
+            ctx.test_crashes.max(1)
+        },
         ..ctx.clone()
     };
     let h = guest::handle_crash(guest, store, incident, &ctx, policy).await?;

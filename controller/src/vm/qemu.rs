@@ -326,6 +326,7 @@ mod tests {
             value_after(&argv, "-device"),
             [
                 "pvpanic-pci",
+                "vmcoreinfo",
                 "pcie-root-port,id=rp0,chassis=1,slot=1",
                 "vhost-user-vsock-pci,chardev=vsock0,bus=rp0,id=vsock"
             ]
@@ -335,7 +336,11 @@ mod tests {
         let incoming = strings(&build_argv(&c, Accel::Tcg, &plan, &run.join("q")));
         assert_eq!(
             value_after(&incoming, "-device"),
-            ["pvpanic-pci", "pcie-root-port,id=rp0,chassis=1,slot=1"]
+            [
+                "pvpanic-pci",
+                "vmcoreinfo",
+                "pcie-root-port,id=rp0,chassis=1,slot=1"
+            ]
         );
         assert_eq!(
             value_after(&incoming, "-chardev"),
