@@ -319,7 +319,17 @@ fn attached(p: &Pending, hit: HeaderHit) -> bool {
                         .iter()
                         .any(|l| super::frames::STACK_START.is_match(&l.text)))
         }
-        _ => false,
+        // A stall report whose dump has not begun yet absorbs a report the dumping
+        // code itself triggers (a WARNING in the stall printer): the stall is the
+        // crash, its dump follows the nested report.
+        _ => {
+            p.lines.len() < ATTACHED
+                && p.lines[0].text.contains("detected stall")
+                && !p
+                    .lines
+                    .iter()
+                    .any(|l| super::frames::STACK_START.is_match(&l.text))
+        }
     }
 }
 

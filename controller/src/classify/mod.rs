@@ -3,19 +3,24 @@
 //!
 //! The approach follows syzkaller's `pkg/report/linux.go`: a table of oops header
 //! patterns ([`oops`]), each with title formats, stack-frame extraction rules and a
-//! skip-list of generic frames ([`frames`]); titles are normalised ([`title`]) so the
+//! skip table of infrastructure frames ([`skip`]) and frame selection ([`pick`]); titles are normalised ([`title`]) so the
 //! same bug gives the same title on every run. Input is bytes ([`lines`]); the
 //! [`Classifier`] works incrementally and [`classify`] is the same machine run over
 //! the whole input, so both always agree.
 
+mod formats;
 mod frames;
 mod incremental;
 mod lines;
 mod names;
 mod oops;
 mod parse;
+mod pick;
+mod skip;
 mod title;
 
+#[cfg(test)]
+mod rules_tests;
 #[cfg(test)]
 mod tests;
 

@@ -4,310 +4,28 @@
 
 use std::sync::LazyLock;
 
-use regex::Regex;
+use super::formats::*;
+use super::pick::Extractor;
 
-use super::frames::{Extractor, FUNC, PC};
-
-/// One step of stack-frame extraction.
-pub(crate) enum Part {
-    /// The next line matching this regex; its first group, if any, is a candidate.
-    Re(Regex),
-    /// Parse the frames that follow.
-    Parse,
-}
-
-/// How to find the frame a title names.
-pub(crate) struct StackFmt {
-    /// Primary sequence of steps.
-    pub parts: Vec<Part>,
-    /// Fallback sequence when `parts` does not match.
-    pub parts2: Vec<Part>,
-    /// Extra skip patterns (substrings) for this report type.
-    pub skip: &'static [&'static str],
-    /// How to pick among the candidates.
-    pub extractor: Extractor,
-}
-
-/// One title format of a header.
-pub(crate) struct Format {
-    /// Must match at the start of the report (may span lines).
-    pub title: Regex,
-    /// Must match somewhere in the report for this format to apply.
-    pub report: Option<Regex>,
-    /// Template: `{1}`.. are title groups, `{F}` the stack frame.
-    pub fmt: &'static str,
-    /// Alternative title templates.
-    pub alt: &'static [&'static str],
-    /// How to find `{F}`.
-    pub stack: Option<StackFmt>,
-    /// The report type carries no stack trace; its absence is not corruption.
-    pub no_stack: bool,
-    /// Matching this format means the report is corrupted.
-    pub corrupted: bool,
-}
-
-/// A header and its formats.
-pub(crate) struct Oops {
-    /// Literal text that starts a report (searched anywhere in a line).
-    pub header: &'static str,
-    /// Title formats, first match wins.
-    pub formats: Vec<Format>,
-    /// Lines containing the header that are not crashes.
-    pub suppressions: Vec<Regex>,
-}
-
-/// Expands the `{{FUNC}}`, `{{PC}}`, `{{ADDR}}`, `{{SRC}}` placeholders and compiles.
-pub(crate) fn re(s: &str) -> Regex {
-    let s = format!("(?m){s}")
-        .replace("{{FUNC}}", FUNC)
-        .replace("{{PC}}", PC)
-        .replace("{{ADDR}}", "0x[0-9a-f]+")
-        .replace("{{SRC}}", r"([a-zA-Z0-9\-_/.]+\.[a-z]+:[0-9]+)");
-    Regex::new(&s).unwrap_or_else(|e| panic!("bad oops regex {s}: {e}"))
-}
-
-fn f(title: &str, fmt: &'static str) -> Format {
-    Format {
-        // Titles start at the header, which starts the report text.
-        title: re(&format!(r"\A(?:{title})")),
-        report: None,
-        fmt,
-        alt: &[],
-        stack: None,
-        no_stack: false,
-        corrupted: false,
-    }
-}
-
-impl Format {
-    fn stack(mut self, s: StackFmt) -> Self {
-        self.stack = Some(s);
-        self
-    }
-    fn alt(mut self, alt: &'static [&'static str]) -> Self {
-        self.alt = alt;
-        self
-    }
-    fn no_stack(mut self) -> Self {
-        self.no_stack = true;
-        self
-    }
-    fn corrupted(mut self) -> Self {
-        self.corrupted = true;
-        self
-    }
-    fn report(mut self, r: &str) -> Self {
-        self.report = Some(re(r));
-        self
-    }
-}
-
-const CALL_TRACE: &str = r"Call (?:T|t)race:|Backtrace:|^\s*backtrace:|Call trace:";
-const RIP: &str = r"(?:IP|NIP|pc |PC is at):? (?:(?:[0-9]+:)?(?:{{PC}} +){0,2}{{FUNC}}|(?:[0-9]+:)?0x[0-9a-f]+|(?:[0-9]+:)?{{PC}} +\[< *\(null\)>\] +\(null\)|[0-9]+: +\(null\))";
-
-fn parts(list: &[&str]) -> Vec<Part> {
-    list.iter()
-        .map(|p| {
-            if *p == "PARSE" {
-                Part::Parse
-            } else {
-                Part::Re(re(p))
-            }
-        })
-        .collect()
-}
-
-fn stack(p: &[&str], skip: &'static [&'static str]) -> StackFmt {
-    StackFmt {
-        parts: parts(p),
-        parts2: Vec::new(),
-        skip,
-        extractor: Extractor::First,
-    }
-}
-
-/// Frames after the call trace line.
-fn call_trace(skip: &'static [&'static str]) -> StackFmt {
-    stack(&[CALL_TRACE, "PARSE"], skip)
-}
-
-/// The faulting instruction's function, then the call trace.
-fn rip_stack(skip: &'static [&'static str]) -> StackFmt {
-    StackFmt {
-        parts: parts(&[RIP, CALL_TRACE, "PARSE"]),
-        parts2: parts(&[CALL_TRACE, "PARSE"]),
-        skip,
-        extractor: Extractor::First,
-    }
-}
-
-/// WARNINGs: the RIP frame and what follows, else the call trace.
-fn warning_stack(skip: &'static [&'static str]) -> StackFmt {
-    StackFmt {
-        parts: parts(&[RIP, "PARSE"]),
-        parts2: parts(&[CALL_TRACE, "PARSE"]),
-        skip,
-        extractor: Extractor::First,
-    }
-}
-
-/// Stalls: frames of the interrupted context, anchored on dispatch functions.
-/// Where the interrupted context starts in a stall dump.
-const STALL_IRQ: &str =
-    r"apic_timer_interrupt|Exception stack|el1_irq|el1h_64_irq|sysvec_apic_timer_interrupt";
-const STALL_FALLBACK: &str = r"^\s*RIP: 0010:(?:{{PC}} )?([A-Za-z0-9_]+)[.+]|^\s*pc : ([A-Za-z0-9_]+)[.+]|PC is at ([A-Za-z0-9_]+)[.+]|Call (?:T|t)race:|Backtrace:";
-
-fn stall_stack(first: &str) -> StackFmt {
-    StackFmt {
-        parts: parts(&[first, "PARSE"]),
-        // No interrupt frame: the interrupted context's RIP, else the call trace.
-        parts2: parts(&[STALL_FALLBACK, "PARSE"]),
-        skip: &[
-            "apic_timer_interrupt",
-            "rcu",
-            "hrtimer",
-            "tick_",
-            "update_process_times",
-            "sched_show_task",
-            "irq",
-            "nmi",
-            "timer_interrupt",
-            "sysvec",
-            "print_cpu_stall",
-            "print_other_cpu_stall",
-            "watchdog",
-            "smp_call_function",
-            "trigger_all_cpu_backtrace",
-            "arch_trigger",
-            "cpu_stop",
-        ],
-        extractor: Extractor::Stall,
-    }
-}
-
-const IRQ_LOCK_SKIP: &[&str] = &[
-    "lock_acquire",
-    "_raw_spin_lock",
-    "_raw_read_lock",
-    "_raw_write_lock",
+/// KMSAN: uninitialised data flows through copy and crypto engines that process
+/// the caller's buffers; the caller that handed them the data is the frame.
+const KMSAN_SKIP: &[&str] = &[
+    "alloc_skb",
+    "netlink_ack",
+    "netlink_rcv_skb",
+    "instrument_",
+    "copy_to_user",
+    "copyout",
+    "crypto_",
+    "cipher_",
+    "xts_",
+    "drbg_",
+    "rng_",
+    "aes",
+    "sha",
+    "_encrypt",
+    "_decrypt",
 ];
-const LOCK_SKIP: &[&str] = &[
-    "lock_acquire",
-    "__lock_acquire",
-    "lock_sock",
-    "lock_timer_base",
-    "process_one_work",
-    "worker_thread",
-];
-
-/// Lockdep reports name the lock acquisition site (`at: func`).
-fn lockdep_at() -> StackFmt {
-    stack(
-        &[
-            "at: (?:{{PC}} +)?{{FUNC}}",
-            "at: (?:{{PC}} +)?{{FUNC}}",
-            "PARSE",
-        ],
-        LOCK_SKIP,
-    )
-}
-
-/// Lockdep reports shared by the `WARNING:` and (older kernels) `INFO:` headers.
-fn lockdep_formats(h: &str) -> Vec<Format> {
-    vec![
-        f(&format!("{h}: possible circular locking dependency detected"), "possible deadlock in {F}")
-            .report("is trying to acquire lock")
-            .stack(lockdep_at()),
-        f(&format!("{h}: possible circular locking dependency detected"), "WARNING: possible circular locking dependency detected")
-            .no_stack()
-            .corrupted(),
-        f(&format!("{h}: possible recursive locking detected"), "possible deadlock in {F}")
-            .stack(lockdep_at()),
-        f(&format!("{h}: (?:SOFTIRQ|HARDIRQ)-(?:READ-)?safe -> (?:SOFTIRQ|HARDIRQ)-(?:READ-)?unsafe lock order detected"), "possible deadlock in {F}")
-            .stack(StackFmt {
-                parts: parts(&["which became (?:SOFTIRQ|HARDIRQ)-(?:READ-)?irq-safe at:", "PARSE"]),
-                parts2: lockdep_at().parts,
-                ..stack(&[], IRQ_LOCK_SKIP)
-            }),
-        f(&format!("{h}: possible irq lock inversion dependency detected"), "possible deadlock in {F}")
-            .stack(lockdep_at()),
-        f(&format!("{h}: inconsistent lock state"), "inconsistent lock state in {F}")
-            .stack(stack(&["takes:", "at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], LOCK_SKIP)),
-        f(&format!("{h}: suspicious RCU usage"), if h == "WARNING" { "WARNING: suspicious RCU usage in {F}" } else { "INFO: suspicious RCU usage in {F}" })
-            .stack(call_trace(&["rcu", "kmem", "slab", "lockdep"])),
-    ]
-}
-
-fn kernel_panic_formats() -> Vec<Format> {
-    vec![
-        f(
-            "Kernel panic - not syncing: Attempted to kill init!",
-            "kernel panic: Attempted to kill init!",
-        )
-        .no_stack(),
-        f(
-            "Kernel panic - not syncing: Couldn't open N_TTY ldisc",
-            "kernel panic: Couldn't open N_TTY ldisc",
-        )
-        .no_stack(),
-        f(
-            "Kernel panic - not syncing: (?:Fatal exception|Fatal exception in interrupt)",
-            "kernel panic: Fatal exception",
-        )
-        .no_stack()
-        .corrupted(),
-        f(
-            "Kernel panic - not syncing: corrupted stack end detected inside scheduler",
-            "kernel panic: corrupted stack end in {F}",
-        )
-        .stack(StackFmt {
-            extractor: Extractor::Stall,
-            ..call_trace(&["schedule", "retint_kernel", "panic"])
-        }),
-        f(
-            "Kernel panic - not syncing: kernel stack overflow",
-            "kernel stack overflow in {F}",
-        )
-        .stack(call_trace(&[
-            "bad_stack",
-            "handle_bad_stack",
-            "__do_softirq",
-        ])),
-        f(
-            "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in",
-            "kernel panic: stack is corrupted in {F}",
-        )
-        // The function is named in the message, or (older kernels print only its
-        // address) found in the call trace.
-        .no_stack()
-        .stack(stack(
-            &["stack is corrupted in: (?:{{FUNC}})?", CALL_TRACE, "PARSE"],
-            &["stack_chk", "__stack_chk"],
-        )),
-        f(
-            "Kernel panic - not syncing: hung_task: blocked tasks",
-            "kernel panic: hung_task: blocked tasks",
-        )
-        .no_stack()
-        .corrupted(),
-        f(
-            "Kernel panic - not syncing: (?:panic_on_warn set|Fatal exception in interrupt)",
-            "kernel panic: panic_on_warn set",
-        )
-        .no_stack()
-        .corrupted(),
-        f(
-            "Kernel panic - not syncing: VFS: Unable to mount root fs on (.*)",
-            "kernel panic: VFS: Unable to mount root fs on {1}",
-        )
-        .no_stack(),
-        f(
-            r"Kernel panic - not syncing: ([^\n]*?)\s*$",
-            "kernel panic: {1}",
-        )
-        .no_stack(),
-    ]
-}
 
 /// The header table, in priority order.
 pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
@@ -316,17 +34,21 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
         Oops {
             header: "BUG:",
             formats: vec![
-                f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}(?:.*\n)+?.*(Read|Write) (?:of size|at addr) (?:[0-9a-f]+)", "KASAN: {1} {3} in {F}")
+                // The access line follows the header within a few lines; one found further
+                // down belongs to a later report.
+                f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}(?:.*\n){1,4}?.*(Read|Write) (?:of size|at addr) (?:[0-9a-f]+)", "KASAN: {1} {3} in {F}")
                     .alt(&["bad-access in {F}"])
                     .stack(StackFmt {
                         parts: parts(&[r"BUG: KASAN: (?:[a-z\-]+) in {{FUNC}}", CALL_TRACE, "PARSE"]),
                         parts2: parts(&[CALL_TRACE, "PARSE"]),
                         skip: kasan_skip,
                         extractor: Extractor::First,
+                        named_fallback: false,
                     }),
                 f(r"BUG: KASAN: ([a-z\-]+) on address(?:.*\n)+?.*(Read|Write) of size ([0-9]+)",
                     "KASAN: {1} {2}")
-                    .no_stack(),
+                    // The report carries a trace: one cut before it is corrupted.
+                    .stack(call_trace(&[])),
                 f(r"BUG: KASAN: double-free or invalid-free in {{FUNC}}", "KASAN: invalid-free in {F}")
                     .alt(&["bad-access in {F}"])
                     .stack(StackFmt {
@@ -334,14 +56,18 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         parts2: Vec::new(),
                         skip: kasan_skip,
                         extractor: Extractor::First,
+                        named_fallback: false,
                     }),
-                f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}", "KASAN: {1} in {F}")
+                // Old KASAN headers that end `at addr X` and lack the access line are
+                // titled by the header itself (the corrupted format below).
+                f(r"BUG: KASAN: ([a-z\-]+) in {{FUNC}}\S*\s*$", "KASAN: {1} in {F}")
                     .alt(&["bad-access in {F}"])
                     .stack(StackFmt {
                         parts: parts(&[r"BUG: KASAN: (?:[a-z\-]+) in {{FUNC}}", CALL_TRACE, "PARSE"]),
                         parts2: parts(&[CALL_TRACE, "PARSE"]),
                         skip: kasan_skip,
                         extractor: Extractor::First,
+                        named_fallback: false,
                     }),
                 f(r"BUG: KASAN: ([^\n]*)", "KASAN: {1}").no_stack().corrupted(),
                 f(r"BUG: KMSAN: ([a-z\-]+) in {{FUNC}}", "KMSAN: {1} in {F}")
@@ -349,11 +75,12 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .stack(StackFmt {
                         parts: parts(&[r"BUG: KMSAN: (?:[a-z\-]+) in {{FUNC}}", "PARSE"]),
                         parts2: parts(&[CALL_TRACE, "PARSE"]),
-                        skip: &["alloc_skb", "netlink_ack", "netlink_rcv_skb", "instrument_", "copy_to_user", "copyout"],
+                        skip: KMSAN_SKIP,
                         extractor: Extractor::First,
+                        named_fallback: false,
                     }),
                 f(r"BUG: KMSAN: ([a-z\-]+)", "KMSAN: {1} in {F}")
-                    .stack(call_trace(&["instrument_", "copy_to_user", "copyout"])),
+                    .stack(call_trace(KMSAN_SKIP)),
                 f(r"BUG: KCSAN: ([a-z\-]+) in ([A-Za-z0-9_]+)(?:\.[a-z0-9.]+)?(?:\+0x[0-9a-f]+/0x[0-9a-f]+)? / ([A-Za-z0-9_]+)", "KCSAN: {1} in {2} / {3}").no_stack(),
                 f(r"BUG: KCSAN: ([a-z\-:]+(?: [a-z\-:]+)*?) in {{FUNC}}", "KCSAN: {1} in {F}")
                     .stack(stack(&[r"BUG: KCSAN: [^\n]* in {{FUNC}}", "PARSE"], &["kcsan"])),
@@ -393,7 +120,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         ..stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])
                     }),
                 f(r"BUG: held lock freed!", "BUG: held lock freed in {F}")
-                    .stack(stack(&[r"^\s*#0: [^\n]*at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
+                    .stack(stack(&[r"at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
                 f(r"BUG: lock held when returning to user space", "BUG: lock held when returning to user space in {F}")
                     .no_stack()
                     .stack(stack(&["lock held when returning to user space", "at: (?:{{PC}} +)?{{FUNC}}"], &[])),
@@ -412,7 +139,9 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                 f(r"BUG: corrupted list in {{FUNC}}", "BUG: corrupted list in {F}")
                     .stack(stack(&[r"BUG: corrupted list in {{FUNC}}", CALL_TRACE, "PARSE"], &["list_"])),
                 f(r"BUG: (MAX_[A-Z_]+ too low!)", "BUG: {1}").no_stack(),
-                f(r"BUG: Invalid wait context", "BUG: Invalid wait context in {F}")
+                // Lockdep's wait-context check; syzkaller files it with the other lockdep
+                // self-checks as a locking bug.
+                f(r"BUG: Invalid wait context", "WARNING: locking bug in {F}")
                     .stack(call_trace(&["lock", "schedule", "might_sleep"])),
                 f(r"BUG: rwlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)", "BUG: rwlock {1} in {F}")
                     .stack(call_trace(&["_lock", "_unlock", "_raw_"])),
@@ -433,8 +162,10 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
             header: "WARNING:",
             formats: {
                 let mut v = vec![
+                    // Timer objects are checked from the timer core and freed in their own
+                    // callbacks: the timer machinery is the object's, not the culprit.
                     f(r"WARNING: .*lib/debugobjects\.c", "WARNING: ODEBUG bug in {F}")
-                        .stack(warning_stack(&["debug_", "kfree", "slab", "free_"])),
+                        .stack(warning_stack(&["debug_", "kfree", "slab", "free_", "timer"])),
                     f(r"WARNING: .*mm/usercopy\.c.* usercopy_warn", "WARNING: bad usercopy in {F}")
                         .stack(warning_stack(&["usercopy", "__check", "check_"])),
                     f(r"WARNING: .*lib/kobject\.c", "WARNING: kobject bug in {F}")
@@ -460,7 +191,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                         ..stack(&["is trying to release lock", "PARSE"], &["unlock", "release"])
                     }),
                     f(r"WARNING: held lock freed!", "WARNING: held lock freed in {F}")
-                        .stack(stack(&[r"^\s*#0: [^\n]*at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
+                        .stack(stack(&[r"at: (?:{{PC}} +)?{{FUNC}}", CALL_TRACE, "PARSE"], &["debug_check_no_locks", "free", "slab", "kmem", "freezer", "try_to_freeze", "get_signal", "do_signal", "exit_to_user"])),
                     f(r"WARNING: (?i:nested) lock was not taken", "WARNING: nested lock was not taken in {F}")
                         .stack(call_trace(&[])),
                     f(r"WARNING: lock held when returning to user space", "WARNING: lock held when returning to user space in {F}")
@@ -683,6 +414,22 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
         Oops {
             header: "VFS: Busy inodes after unmount",
             formats: vec![f(r"VFS: Busy inodes after unmount", "VFS: Busy inodes after unmount (use-after-free)").no_stack()],
+            suppressions: Vec::new(),
+        },
+        Oops {
+            // The Trusty TEE's panics, relayed to the kernel log line by line; a
+            // relayed line can be cut by the next one (`panic (caller [ 1.2] trusty:
+            // 0x..)`), so the caller address may follow a second prefix.
+            header: "trusty: panic",
+            formats: vec![
+                f(r"trusty: panic \(caller (?:\[[ 0-9.]+\] trusty: )?0x[0-9a-f]+\): (?:DEBUG )?ASSERT FAILED at \([^)\n]*\):\s*$", "trusty: ASSERT FAILED:")
+                    .no_stack()
+                    .corrupted(),
+                f(r"trusty: panic \(caller (?:\[[ 0-9.]+\] trusty: )?0x[0-9a-f]+\): (?:DEBUG )?ASSERT FAILED at \([^)\n]*\): ([^\n]*?)\s*$", "trusty: ASSERT FAILED: {1}")
+                    .no_stack(),
+                f(r"trusty: panic \(caller (?:\[[ 0-9.]+\] trusty: )?0x[0-9a-f]+\): ([^\n]*?)\s*$", "trusty: panic: {1}")
+                    .no_stack(),
+            ],
             suppressions: Vec::new(),
         },
         Oops {

@@ -5,9 +5,11 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::formats::{Format, Part, StackFmt};
 use super::frames::{self, Frame, STACK_START};
 use super::lines::Line;
-use super::oops::{Format, HeaderHit, OOPSES, Part, StackFmt};
+use super::oops::{HeaderHit, OOPSES};
+use super::pick;
 use super::{CrashReport, title};
 
 static MODULE_SUFFIX: LazyLock<Regex> =
@@ -40,6 +42,26 @@ fn mixed_tasks(texts: &[&str]) -> bool {
     false
 }
 
+/// The trace after a header that names its task (`WARNING: CPU: 0 PID: 12 at`)
+/// belongs to another task when the next `CPU: n PID: m` line names a different
+/// PID: two reports interleaved without caller ids, so no frame is trustworthy.
+fn foreign_trace(head: &str, texts: &[&str]) -> bool {
+    static HEAD_PID: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"CPU: [0-9]+ (?:UID: [0-9]+ )?PID: ([0-9]+) at ").expect("head pid regex")
+    });
+    static CPU_PID: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^CPU: [0-9]+ (?:UID: [0-9]+ )?PID: ([0-9]+) ").expect("cpu regex")
+    });
+    let Some(want) = HEAD_PID.captures(head) else {
+        return false;
+    };
+    texts
+        .iter()
+        .skip(1)
+        .find_map(|t| CPU_PID.captures(t))
+        .is_some_and(|c| c[1] != want[1])
+}
+
 /// Lines of a report that title patterns look at.
 const TITLE_LINES: usize = 300;
 
@@ -60,6 +82,7 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
     let mut stack_frames: Vec<Frame> = Vec::new();
     // Stall and hang reports legitimately dump other CPUs and tasks.
     let mut dumps_other_cpus = false;
+    let interleaved = foreign_trace(head, &texts);
     for format in &oops.formats {
         let Some(caps) = format.title.captures(&joined) else {
             continue;
@@ -78,12 +101,10 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
             })
             .collect();
         dumps_other_cpus = format.stack.as_ref().is_some_and(|sf| {
-            matches!(
-                sf.extractor,
-                frames::Extractor::Stall | frames::Extractor::Hung
-            )
+            matches!(sf.extractor, pick::Extractor::Stall | pick::Extractor::Hung)
         });
         let frame = match &format.stack {
+            Some(_) if interleaved => None,
             Some(sf) => {
                 let (frame, cands) = extract(&texts, sf);
                 stack_frames = cands;
@@ -106,18 +127,21 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
         break;
     }
     let title = title.unwrap_or_else(|| title::normalize(head));
-    if DAMAGED.is_match(&joined) || (!dumps_other_cpus && mixed_tasks(&texts)) {
+    if interleaved || DAMAGED.is_match(&joined) || (!dumps_other_cpus && mixed_tasks(&texts)) {
         corrupted = true;
     }
     if stack_frames.is_empty() {
         stack_frames = first_stack(&texts);
     }
     let guilty_module = stack_frames.iter().find_map(|f| f.module.clone());
-    let taint = texts.iter().find_map(|t| {
-        TAINT
-            .captures(t)
-            .map(|c| c[1].split_whitespace().collect::<Vec<_>>().join(" "))
-    });
+    let taint = texts
+        .iter()
+        .filter(|t| t.contains("Tainted: "))
+        .find_map(|t| {
+            TAINT
+                .captures(t)
+                .map(|c| c[1].split_whitespace().collect::<Vec<_>>().join(" "))
+        });
     let category = title::category(&title);
     let mut signature = title.clone();
     for a in &alt_titles {
@@ -170,6 +194,8 @@ fn extract(texts: &[&str], sf: &StackFmt) -> (Option<String>, Vec<Frame>) {
 
 fn try_parts(texts: &[&str], parts: &[Part], sf: &StackFmt) -> (Option<String>, Vec<Frame>) {
     let mut cands: Vec<Frame> = Vec::new();
+    // Index of the first frame the report itself names (header, `RIP:`, `at:`).
+    let mut named: Option<usize> = None;
     let mut i = 0;
     for part in parts {
         match part {
@@ -180,10 +206,14 @@ fn try_parts(texts: &[&str], parts: &[Part], sf: &StackFmt) -> (Option<String>, 
                     i += 1;
                     if let Some(c) = re.captures(t) {
                         if let Some(g) = c.iter().skip(1).flatten().next() {
-                            cands.push(Frame {
-                                func: frames::normalize_func(g.as_str()),
-                                module: MODULE_SUFFIX.captures(t).map(|m| m[1].to_string()),
-                            });
+                            let func = frames::normalize_func(g.as_str());
+                            if is_name(&func) {
+                                named.get_or_insert(cands.len());
+                                cands.push(Frame {
+                                    func,
+                                    module: MODULE_SUFFIX.captures(t).map(|m| m[1].to_string()),
+                                });
+                            }
                         }
                         found = true;
                         break;
@@ -201,8 +231,22 @@ fn try_parts(texts: &[&str], parts: &[Part], sf: &StackFmt) -> (Option<String>, 
             }
         }
     }
-    let frame = pick_with_module(&cands, sf);
+    // When no frame of the trace qualifies (a report cut before its trace, or a
+    // trace of infrastructure only), the function the report names is still the
+    // best title; the missing trace marks the report corrupted elsewhere.
+    let frame = pick_with_module(&cands, sf).or_else(|| {
+        named
+            .filter(|_| sf.named_fallback)
+            .map(|i| &cands[i].func)
+            .filter(|f| !sf.skip.iter().any(|s| f.contains(s)))
+            .cloned()
+    });
     (frame, cands)
+}
+
+/// A usable function name: not empty, not a placeholder a damaged line left.
+fn is_name(func: &str) -> bool {
+    !func.is_empty() && func != "corrupted" && func.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
 /// Out-of-tree modules are the code under test: a stall whose top frame is in a
@@ -213,22 +257,22 @@ fn pick_with_module(cands: &[Frame], sf: &StackFmt) -> Option<String> {
         .iter()
         .filter(|f| !frames::is_skipped(&f.func, sf.skip));
     match sf.extractor {
-        frames::Extractor::Stall => {
+        pick::Extractor::Stall => {
             if let Some(top) = real.next()
                 && top.module.is_some()
             {
                 return Some(top.func.clone());
             }
         }
-        frames::Extractor::Hung => {
+        pick::Extractor::Hung => {
             if let Some(m) = real.find(|f| f.module.is_some()) {
                 return Some(m.func.clone());
             }
         }
-        frames::Extractor::First => {}
+        pick::Extractor::First => {}
     }
     let names: Vec<String> = cands.iter().map(|f| f.func.clone()).collect();
-    frames::pick(&names, sf.skip, sf.extractor)
+    pick::pick(&names, sf.skip, sf.extractor)
 }
 
 /// Frames following a point in the report, up to the end of that trace.
@@ -247,7 +291,9 @@ fn parse_frames(texts: &[&str]) -> Vec<Frame> {
             out.push(caller);
             continue;
         }
-        if let Some(f) = frames::parse_frame(t).or_else(|| rip_frame(t)) {
+        if let Some(f) = frames::parse_frame(t).or_else(|| rip_frame(t))
+            && is_name(&f.func)
+        {
             out.push(f);
             if out.len() >= 64 {
                 break;
@@ -263,6 +309,9 @@ fn rip_frame(t: &str) -> Option<Frame> {
     static RIP_LINE: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"^\s*RIP: 0010:(?:\[<[0-9a-f]+>\] )?([A-Za-z0-9_]+)[.+]").expect("rip regex")
     });
+    if !t.contains("RIP: 0010:") {
+        return None;
+    }
     let c = RIP_LINE.captures(t)?;
     Some(Frame {
         func: frames::normalize_func(&c[1]),
