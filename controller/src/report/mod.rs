@@ -11,6 +11,9 @@ use crate::scorecard::Stats;
 pub mod html;
 pub mod json;
 pub mod junit;
+pub mod kcidb;
+pub mod kcidb_facts;
+pub mod kcidb_types;
 pub mod merge;
 pub mod summary;
 
