@@ -1,7 +1,7 @@
 //! `vexctl report merge|show|kcidb`: combine shard results files, re-render a results
 //! file, convert results to KernelCI's KCIDB (and submit them).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -95,7 +95,11 @@ pub struct KcidbArgs {
 
 /// Runs `vexctl report`.
 pub fn run(args: ReportArgs) -> anyhow::Result<u8> {
-    run_to(args, &mut std::io::stdout().lock(), color())
+    run_to(
+        args,
+        &mut std::io::stdout().lock(),
+        report::summary::stdout_color(),
+    )
 }
 
 fn run_to(args: ReportArgs, out: &mut dyn Write, color: bool) -> anyhow::Result<u8> {
@@ -200,11 +204,6 @@ fn read(path: &Path) -> anyhow::Result<RunResults> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     report::parse(&text).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Color on a terminal unless NO_COLOR is set to something (no-color.org).
-fn color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         args.json.as_deref(),
         args.html.as_deref(),
     )?;
-    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = report::summary::stdout_color();
     print!("{}", report::summary(&results, color));
     println!(
         "run {} recorded in {} (vexctl crashes stats --db {} --run {})",
