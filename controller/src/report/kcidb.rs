@@ -94,7 +94,7 @@ pub fn artifacts(r: &RunResults) -> Vec<Artifact> {
             for (i, c) in t.crashes.iter().enumerate() {
                 out.push(Artifact {
                     path: artifact_path(k, t, c, i),
-                    content: format!("{}\n[{}]\n\n{}", c.title, c.category, c.report),
+                    content: format!("{}\n[{}]\n\n{}", c.title, c.category.as_str(), c.report),
                 });
             }
         }
@@ -278,7 +278,12 @@ fn log_excerpt(k: &KernelResults, t: &TestResult) -> Option<String> {
         s.push_str(&format!("harness: {e}\n"));
     }
     for c in &t.crashes {
-        s.push_str(&format!("\n{} [{}]\n{}", c.title, c.category, c.report));
+        s.push_str(&format!(
+            "\n{} [{}]\n{}",
+            c.title,
+            c.category.as_str(),
+            c.report
+        ));
         if !c.report.ends_with('\n') {
             s.push('\n');
         }
@@ -298,10 +303,10 @@ fn issue_for(origin: &str, c: &CrashSummary, t: &TestResult, buckets: &[Bucket])
     match bucket {
         Some(b) => bucket_issue(origin, b),
         None => Issue {
-            id: format!("{origin}:{}:{}", c.category, c.title),
+            id: format!("{origin}:{}:{}", c.category.as_str(), c.title),
             version: 1,
             origin: origin.into(),
-            categories: vec![category(&c.category)],
+            categories: vec![category(c.category.as_str())],
             report_subject: clean(&c.title),
             culprit: CODE,
             comment: clean(&format!("{} (not in the crash database)", c.title)),
@@ -321,7 +326,7 @@ fn bucket_issue(origin: &str, b: &Bucket) -> Issue {
         id: format!("{origin}:{}", clean(&b.signature)),
         version: 1,
         origin: origin.into(),
-        categories: vec![category(&b.category)],
+        categories: vec![category(b.category.as_str())],
         report_subject: clean(&b.title),
         culprit: CODE,
         comment: clean(&format!("{} ({} crashes)", b.title, b.count)),
@@ -411,9 +416,10 @@ fn excerpt_tail(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::recovery::Fate;
     use crate::report::tests::sample;
     use crate::results::CrashSummary;
-    use crate::store::Stats;
+    use crate::scorecard::Stats;
     use std::path::PathBuf;
 
     /// The virtualenv scripts/setup.sh makes (kcidb-io, actionlint): `$VEXFS_VENV`,
@@ -482,15 +488,20 @@ pub(crate) mod tests {
         }
     }
 
+    fn category_of(name: &str) -> crate::classify::Category {
+        serde_json::from_value(json!(name)).unwrap()
+    }
+
     fn crash(id: i64, cat: &str, title: &str, expected: bool) -> CrashSummary {
         CrashSummary {
             id,
-            category: cat.into(),
-            severity: "high".into(),
+            category: category_of(cat),
+            severity: category_of(cat).severity(),
+            intact: true,
             title: title.into(),
             expected,
             recovery_level: 2,
-            fate: "restart_required".into(),
+            fate: Some(Fate::RestartRequired),
             recovery_ms: 3_400,
             recovered: true,
             report: format!("[   12.345678] {title}\n[   12.345700] CPU: 0 PID: 91 Comm: sh\0x\n"),
@@ -510,6 +521,7 @@ pub(crate) mod tests {
             expected_crash: None,
             crashes: vec![],
             attempts,
+            steps: vec![],
             metrics: vec![],
         };
         let mut cycles = t("cycles-1000-sequential", TestStatus::Passed, 41_000, "", 1);
@@ -630,7 +642,7 @@ pub(crate) mod tests {
             id,
             signature: sig.into(),
             title: title.into(),
-            category: cat.into(),
+            category: category_of(cat),
             first_seen_ms: t0 + id * 1_000,
             last_seen_ms: t0 + id * 2_000,
             count: 1,
