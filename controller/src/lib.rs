@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod guest;
 pub mod incident;
+pub mod metrics;
 pub mod plan;
 pub mod recovery;
 pub mod report;
