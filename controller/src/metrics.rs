@@ -100,6 +100,20 @@ impl Metrics {
         self.with(|s| s.guests += 1);
     }
 
+    /// Counts a guest that booted and hands it back (for `match ... Ok(g) =>`).
+    pub fn guest_booted<G>(&self, guest: G) -> G {
+        self.guest_up();
+        guest
+    }
+
+    /// A crash was handled: its category, and each recovery step it took.
+    pub fn crashed_and_recovered(&self, category: Category, h: &crate::guest::Handled) {
+        self.crash(category);
+        for (level, _, outcome, took) in &h.steps {
+            self.recovery(*level as u8, outcome.as_str(), took.as_secs_f64());
+        }
+    }
+
     /// A guest went away.
     pub fn guest_down(&self) {
         self.with(|s| s.guests = (s.guests - 1).max(0));
