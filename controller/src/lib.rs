@@ -8,6 +8,7 @@ pub mod client;
 pub mod forensics;
 pub mod guest;
 pub mod incident;
+pub mod metrics;
 pub mod plan;
 pub mod recovery;
 pub mod report;

@@ -1,7 +1,7 @@
 //! `vexctl agent --connect ADDR ...`: drives a running agent (health, logs, modules,
 //! load, unload, reload, exec, sysrq), as text or `--json`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -316,7 +316,7 @@ fn exec_exit_code(exit_code: i32, signal: i32, timed_out: bool) -> u8 {
 }
 
 fn use_color() -> bool {
-    std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+    crate::report::summary::stdout_color()
 }
 
 /// Health as JSON.

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// No progress lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics during the run (a loopback
+    /// address only, e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs `vexctl run`.
@@ -85,15 +89,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
     };
     let db = cfg.db.clone();
+    // Refused before anything starts: a non-loopback address is a usage error.
+    if let Some(addr) = args.metrics {
+        crate::metrics::check_loopback(addr)?;
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    let results = rt.block_on(runner::run(cfg))?;
+    let results = rt.block_on(async {
+        if let Some(addr) = args.metrics {
+            let bound = crate::metrics::serve(crate::metrics::global().clone(), addr).await?;
+            eprintln!("metrics: http://{bound}/metrics");
+        }
+        anyhow::Ok(runner::run(cfg).await?)
+    })?;
     report::write_all(
         &results,
         args.junit.as_deref(),
         args.json.as_deref(),
         args.html.as_deref(),
     )?;
-    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = report::summary::stdout_color();
     print!("{}", report::summary(&results, color));
     println!(
         "run {} recorded in {} (vexctl crashes stats --db {} --run {})",

@@ -11,6 +11,9 @@ use crate::scorecard::Stats;
 pub mod html;
 pub mod json;
 pub mod junit;
+pub mod kcidb;
+pub mod kcidb_facts;
+pub mod kcidb_types;
 pub mod merge;
 pub mod summary;
 
@@ -199,26 +202,15 @@ pub(crate) fn attr(s: &str) -> String {
     escape(s, true)
 }
 
-/// UTC time `YYYY-MM-DDTHH:MM:SS` of milliseconds since the epoch.
+/// UTC time `YYYY-MM-DDTHH:MM:SS` of milliseconds since the epoch (jiff; times
+/// outside its range, years before -9999 or after 9999, are clamped to it).
 pub(crate) fn iso_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (d, r) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = d + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        r / 3600,
-        r % 3600 / 60,
-        r % 60
-    )
+    let t = jiff::Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    t.strftime("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
 /// Milliseconds as seconds with one decimal, `12.3 s`, or minutes past 100 s.
@@ -415,6 +407,9 @@ pub(crate) mod tests {
     fn iso_time_is_utc() {
         assert_eq!(iso_time(0), "1970-01-01T00:00:00");
         assert_eq!(iso_time(1_764_543_600_000), "2025-11-30T23:00:00");
+        assert_eq!(iso_time(951_782_400_999), "2000-02-29T00:00:00");
+        assert_eq!(iso_time(-1), "1969-12-31T23:59:59");
+        assert!(iso_time(i64::MAX).starts_with("9999-12-3"));
     }
 
     #[test]

@@ -7,19 +7,26 @@ use crate::results::{KernelResults, RunResults, TestResult, TestStatus};
 
 use super::{dur, iso_time, targets};
 
-const RESET: &str = "\x1b[0m";
-const BOLD: &str = "\x1b[1m";
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
-const YELLOW: &str = "\x1b[33m";
-const MAGENTA: &str = "\x1b[35m";
-const DIM: &str = "\x1b[2m";
+use anstyle::{AnsiColor, Style};
+
+const BOLD: Style = Style::new().bold();
+const RED: Style = AnsiColor::Red.on_default();
+const GREEN: Style = AnsiColor::Green.on_default();
+const YELLOW: Style = AnsiColor::Yellow.on_default();
+const MAGENTA: Style = AnsiColor::Magenta.on_default();
+const DIM: Style = Style::new().dimmed();
+
+/// Whether to colour standard output: anstream's choice, which honours NO_COLOR,
+/// CLICOLOR(_FORCE) and TERM=dumb and colours only a terminal.
+pub fn stdout_color() -> bool {
+    anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
+}
 
 /// Renders the terminal summary; ANSI colors only when `color` is true.
 pub fn summary(r: &RunResults, color: bool) -> String {
-    let paint = |code: &str, s: &str| {
+    let paint = |style: Style, s: &str| {
         if color {
-            format!("{code}{s}{RESET}")
+            format!("{style}{s}{style:#}")
         } else {
             s.to_string()
         }
@@ -119,7 +126,7 @@ pub fn summary(r: &RunResults, color: bool) -> String {
     out
 }
 
-fn kernel(out: &mut String, k: &KernelResults, paint: &dyn Fn(&str, &str) -> String) {
+fn kernel(out: &mut String, k: &KernelResults, paint: &dyn Fn(Style, &str) -> String) {
     let _ = writeln!(
         out,
         "\n{} ({}, first boot {})",

@@ -112,6 +112,7 @@ pub async fn handle<G: GuestActions>(
         ..ctx.clone()
     };
     let h = guest::handle_crash(guest, store, incident, &ctx, policy).await?;
+    crate::metrics::global().crashed_and_recovered(incident.category, &h);
     let next = after_incident(test, incident, was_expected, h.fate, step, retried, &policy);
     Ok((h, was_expected, next))
 }

@@ -76,7 +76,7 @@ pub(super) async fn run_kernel(
     say(progress, &format!("{tag} booting"));
     let boot = Instant::now();
     let mut guest = match Guest::boot(vm_cfg, module, opts).await {
-        Ok(g) => g,
+        Ok(g) => crate::metrics::global().guest_booted(g),
         Err(e) => {
             let msg = format!("guest did not boot: {e}");
             say(progress, &format!("{tag} {msg}"));
@@ -194,6 +194,7 @@ pub(super) async fn run_kernel(
             k.crashes += result.crashes.len();
             k.recovered += result.crashes.iter().filter(|c| c.recovered).count();
         });
+        crate::metrics::global().test_finished(&kr.kernel, result.status);
         kr.tests.push(result);
         if let Some(why) = abort {
             kr.harness_error = Some(why.clone());
@@ -204,6 +205,7 @@ pub(super) async fn run_kernel(
         let _ = vm.qmp().quit().await;
     }
     drop(guest);
+    crate::metrics::global().guest_down();
     kr.duration_ms = ms(started.elapsed());
     kr
 }
