@@ -1,6 +1,7 @@
 //! The vexfs controller library behind `vexctl`: boots guests, talks to the agent,
 //! classifies crashes, records them and recovers.
 
+pub mod build;
 pub mod classify;
 pub mod cli;
 pub mod client;
