@@ -14,6 +14,7 @@
 //! backend, which is why `wait_for_agent` first waits for the agent's vsock marker.
 
 pub mod console;
+pub mod disks;
 pub mod image;
 pub mod process;
 pub mod qemu;
@@ -227,6 +228,9 @@ pub struct VmConfig {
     pub probe_timeout: Duration,
     /// Where the probe result is cached (default: the vexfs cache dir).
     pub cache_dir: Option<PathBuf>,
+    /// virtio-blk disks (see [`disks::fresh_for_test`]); kept across relaunches of
+    /// the same config, so a restarted guest sees what the crash left.
+    pub disks: Vec<disks::Disk>,
 }
 
 impl VmConfig {
@@ -253,6 +257,7 @@ impl VmConfig {
             extra_qemu_args: Vec::new(),
             probe_timeout: Duration::from_secs(5),
             cache_dir: None,
+            disks: Vec::new(),
         }
     }
 
