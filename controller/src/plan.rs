@@ -109,6 +109,10 @@ pub struct ModuleConfig {
     /// Extra `make` arguments for the source build (`CONFIG_MINIX_FS=m`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub make_args: Vec<String>,
+    /// Steps run after every VM restart of a test, before it goes on (fsck, mount,
+    /// read back what was synced), unless the test has its own `after_restart`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_restart: Vec<Step>,
 }
 
 fn default_module_name() -> String {
@@ -130,6 +134,7 @@ impl Default for ModuleConfig {
             fstype: default_fstype(),
             source: None,
             make_args: Vec::new(),
+            after_restart: Vec::new(),
         }
     }
 }
@@ -327,6 +332,19 @@ pub struct Test {
     pub only_kernels: Vec<String>,
     /// The steps.
     pub steps: Vec<Step>,
+    /// Steps after each VM restart of this test (default: `[module] after_restart`;
+    /// `[]` runs none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_restart: Option<Vec<Step>>,
+}
+
+impl Plan {
+    /// The steps to run after a VM restart during `test`: its own, else the module's.
+    pub fn after_restart<'a>(&'a self, test: &'a Test) -> &'a [Step] {
+        test.after_restart
+            .as_deref()
+            .unwrap_or(&self.module.after_restart)
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -640,6 +658,23 @@ fn check_guest(plan: &Plan) -> Result<(), String> {
         if m.is_empty() || !m.chars().all(ok) {
             return Err(format!(
                 "kernel_modules: {m:?} is not a module name (like \"loop\")"
+            ));
+        }
+    }
+    let checks = std::iter::once(("[module]".to_string(), &plan.module.after_restart)).chain(
+        plan.tests.iter().filter_map(|t| {
+            t.after_restart
+                .as_ref()
+                .map(|a| (format!("test {:?}", t.name), a))
+        }),
+    );
+    for (place, steps) in checks {
+        if let Some(bad) = steps
+            .iter()
+            .find(|s| matches!(s, Step::Trigger(_) | Step::NoLeakSince(_) | Step::Cycles(_)))
+        {
+            return Err(format!(
+                "{place}: after_restart checks the disk after a crash; {bad:?} cannot be one of its steps"
             ));
         }
     }

@@ -60,6 +60,14 @@ impl PlanImage {
     }
 }
 
+/// Whether the plan needs its own image (else the default images serve it).
+pub fn needs_plan_image(plan: &Plan) -> bool {
+    plan.module.source.is_some()
+        || !plan.guest.tools.is_empty()
+        || !plan.guest.kernel_modules.is_empty()
+        || !plan.guest.disks.is_empty()
+}
+
 /// Kernel modules the image must carry: the plan's, plus virtio_blk for disks.
 pub fn kernel_modules(plan: &Plan) -> Vec<String> {
     let mut mods = plan.guest.kernel_modules.clone();
@@ -237,6 +245,7 @@ mod tests {
     fn disks_bring_virtio_blk_and_args_are_in_order() {
         let mut p = crate::plan::parse(crate::plan::DEFAULT_PLAN, "d").unwrap();
         assert!(kernel_modules(&p).is_empty());
+        assert!(!needs_plan_image(&p));
         p.guest.kernel_modules = vec!["loop".into()];
         p.guest.disks.push(crate::plan::DiskSpec {
             name: "d".into(),
@@ -244,6 +253,7 @@ mod tests {
             image: None,
         });
         assert_eq!(kernel_modules(&p), ["loop", "virtio_blk"]);
+        assert!(needs_plan_image(&p));
         let t = GuestTool {
             host: "/sbin/mkfs.minix".into(),
             guest: "/sbin/mkfs.minix".into(),

@@ -201,10 +201,18 @@ impl ModuleBuild {
         let ok = run_logged(make, &log, "make (package make)")?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if !ok {
+            // Errors name the user's files, not the copy built.
+            let (copy, user) = (
+                tree.display().to_string(),
+                self.source.display().to_string(),
+            );
             return Err(BuildError::Failed {
                 what: format!("module {}", self.source.display()),
                 release: self.release.clone(),
-                errors: first_errors(&text, 8),
+                errors: first_errors(&text, 8)
+                    .iter()
+                    .map(|l| l.replace(&copy, &user))
+                    .collect(),
                 log,
             });
         }

@@ -90,6 +90,7 @@ fn random_plan(rng: &mut Rng) -> Plan {
             fstype: word(rng),
             source: None,
             make_args: Vec::new(),
+            after_restart: Vec::new(),
         },
         guest: GuestConfig {
             memory_mib: rng.number() as u32,
@@ -163,6 +164,7 @@ fn random_test(rng: &mut Rng, index: usize) -> Test {
         expect_crash: (triggers || rng.one_in(3)).then(|| word(rng)),
         only_kernels: (0..rng.size(2)).map(|_| word(rng)).collect(),
         steps,
+        after_restart: None,
     }
 }
 
