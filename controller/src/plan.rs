@@ -896,4 +896,26 @@ steps = ["load", { mount = { target = "/mnt/m", device = "data" } }]
                 .contains("twice")
         );
     }
+
+    #[test]
+    fn after_restart_defaults_to_the_modules() {
+        let text = BYO.replace(
+            "fstype = \"minix\"",
+            "fstype = \"minix\"\nafter_restart = [{ exec = { cmd = \"fsck.minix /dev/disk/by-name/data\" } }]",
+        ) + "[[test]]\nname = \"own\"\nafter_restart = []\nsteps = [\"load\"]\n";
+        let p = parse(&text, "m").unwrap();
+        assert!(
+            matches!(&p.after_restart(&p.tests[0])[..], [Step::Exec(e)] if e.cmd.starts_with("fsck"))
+        );
+        assert!(p.after_restart(&p.tests[1]).is_empty());
+        let bad = text.replace(
+            "after_restart = []",
+            "after_restart = [{ trigger = \"null\" }]",
+        );
+        let e = parse(&bad, "m").unwrap_err();
+        assert!(e.to_string().contains("cannot be one of its steps"), "{e}");
+        let bogus = text.replace("after_restart = []", "after_restart = [{ bogus = 1 }]");
+        let e = parse(&bogus, "m").unwrap_err();
+        assert!(matches!(e, Error::Parse { .. }), "{e}");
+    }
 }
