@@ -905,7 +905,7 @@ steps = ["load", { mount = { target = "/mnt/m", device = "data" } }]
         ) + "[[test]]\nname = \"own\"\nafter_restart = []\nsteps = [\"load\"]\n";
         let p = parse(&text, "m").unwrap();
         assert!(
-            matches!(&p.after_restart(&p.tests[0])[..], [Step::Exec(e)] if e.cmd.starts_with("fsck"))
+            matches!(p.after_restart(&p.tests[0]), [Step::Exec(e)] if e.cmd.starts_with("fsck"))
         );
         assert!(p.after_restart(&p.tests[1]).is_empty());
         let bad = text.replace(
