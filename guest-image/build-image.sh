@@ -7,6 +7,10 @@
 #   KERNEL              linux-image-6.12.117+deb12-amd64, 6.1.0-57-amd64, or latest-6.12 / latest-6.1
 #   --module PATH       put this prebuilt .ko (or .ko.xz/.ko.zst) in the image instead of
 #                       building guest-image/vexfs
+#   --kernel-module M   also put module M of the kernel package (dependencies resolved)
+#                       in the image and load it at boot (repeatable: loop, virtio_blk)
+#   --tool HOST[:GUEST] put program HOST at GUEST (default: the same path) in the image;
+#                       a dynamic one gets its shared libraries, as copy_exec does (repeatable)
 #   --agent PATH        static agent binary for /init (default: the workspace's agent
 #                       build, built with guest-image/build-agent.sh when missing)
 #   --init PATH         use PATH as /init instead of the agent (manual tests only)
@@ -40,13 +44,19 @@ want_vmlinux=1
 force=0
 quiet=0
 kernel=""
+kernel_modules=""
+tools=()
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --module) module="${2:?--module PATH}"; shift 2 ;;
         --module=*) module="${1#*=}"; shift ;;
+        --kernel-module) kernel_modules="$kernel_modules ${2:?--kernel-module NAME}"; shift 2 ;;
+        --kernel-module=*) kernel_modules="$kernel_modules ${1#*=}"; shift ;;
+        --tool) tools+=("${2:?--tool HOST[:GUEST]}"); shift 2 ;;
+        --tool=*) tools+=("${1#*=}"); shift ;;
         --agent) agent="${2:?--agent PATH}"; shift 2 ;;
         --agent=*) agent="${1#*=}"; shift ;;
         --init) init="${2:?--init PATH}"; shift 2 ;;
@@ -115,6 +125,11 @@ if [ -n "$module" ]; then
     [ -f "$module" ] || die "--module $module: no such file"
     module_src="$(cd "$(dirname "$module")" && pwd)/$(basename "$module")"
 fi
+for t in ${tools[@]+"${tools[@]}"}; do
+    host="${t%%:*}"
+    [ -f "$host" ] && [ -x "$host" ] || die "--tool $host: no such executable"
+    case "${t#"$host"}" in ""|:/*) ;; *) die "--tool $t: the guest path must be absolute" ;; esac
+done
 stamp_inputs() {
     # Everything the image depends on, hashed: scripts, module sources or .ko, init, busybox.
     {
@@ -122,6 +137,8 @@ stamp_inputs() {
         sha256sum "$HERE/build-image.sh" "$HERE/fetch-kernel.sh" "$init_src" "$busybox"
         if [ -n "$module_src" ]; then sha256sum "$module_src"
         else (cd "$HERE/vexfs" && sha256sum Kbuild Makefile ./*.c ./*.h 2>/dev/null || true); fi
+        echo "kernel_modules=$kernel_modules tools=${tools[*]+"${tools[*]}"}"
+        for t in ${tools[@]+"${tools[@]}"}; do sha256sum "${t%%:*}"; done
     } | sha256sum | cut -d' ' -f1
 }
 stamp=$(stamp_inputs)
@@ -272,11 +289,49 @@ done
         echo "$relpath"
     done
 } > "$root/etc/vexfs/modules-load"
+# Modules the plan asks for, after the transport ones, with their dependencies.
+if [ -n "$kernel_modules" ]; then
+    : > "$tmp/extra"
+    for m in $kernel_modules; do
+        modprobe -d "$kdir" -S "$rel" --show-depends "$m" > "$tmp/dep" 2>&1 ||
+            die "kernel module $m is not in linux-image-$rel: $(head -n1 "$tmp/dep")"
+        awk '$1 == "insmod" {print $2}' "$tmp/dep" >> "$tmp/extra"
+    done
+    awk '!seen[$0]++' "$tmp/extra" | while read -r src; do
+        relpath="${src#"$kdir"}"
+        relpath="${relpath%.xz}"; relpath="${relpath%.zst}"; relpath="${relpath%.gz}"
+        grep -qxF "$relpath" "$root/etc/vexfs/modules-load" && continue
+        mkdir -p "$(dirname "$root$relpath")"
+        decompress_ko "$src" "$root$relpath"
+        echo "$relpath" >> "$root/etc/vexfs/modules-load"
+    done
+    say "kernel modules:$kernel_modules"
+fi
 for f in modules.builtin modules.builtin.modinfo modules.order; do
     [ -f "$moddir/$f" ] && cp "$moddir/$f" "$root/lib/modules/$rel/"
 done
 depmod -b "$root" "$rel"
 cp "$tmp/module.ko" "$root$module_in_guest"
+
+# Guest tools; a dynamic program brings the libraries ldd names (like initramfs-tools'
+# copy_exec), each at its own path, and the program interpreter.
+copy_file() { # SRC DST-IN-ROOT
+    mkdir -p "$(dirname "$root$2")"
+    rm -f "$root$2"
+    cp -L "$1" "$root$2"
+}
+for t in ${tools[@]+"${tools[@]}"}; do
+    host="${t%%:*}"
+    guest="${t#"$host"}"; guest="${guest#:}"; guest="${guest:-$host}"
+    copy_file "$host" "$guest"
+    chmod 0755 "$root$guest"
+    if readelf -l "$host" 2>/dev/null | grep -q INTERP; then
+        ldd "$host" | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}' | while read -r lib; do
+            [ -e "$root$lib" ] || copy_file "$lib" "$lib"
+        done
+    fi
+    say "tool: $host -> $guest"
+done
 
 # Device nodes for the console before devtmpfs is mounted (needs root; else devtmpfs only).
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || say "no mknod (not root): relying on devtmpfs"

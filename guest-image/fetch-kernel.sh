@@ -4,6 +4,8 @@
 #   fetch-kernel.sh latest 6.12|6.1 [FLAVOUR]   print the newest release, e.g. 6.12.117+deb12-amd64
 #   fetch-kernel.sh kernel  RELEASE             kernels/RELEASE/ (image package unpacked, depmod run)
 #   fetch-kernel.sh headers RELEASE             headers/RELEASE/ (headers + kbuild unpacked, patched)
+#   fetch-kernel.sh source SERIES SUBDIR        sources/linux-source-SERIES/SUBDIR (one folder of
+#                                               Debian's linux-source-SERIES, e.g. 6.1 fs/minix)
 #
 # RELEASE is the uname -r (6.12.117+deb12-amd64, 6.1.0-57-cloud-amd64, ...); a package name
 # (linux-image-RELEASE) is accepted too. Cache: ${VEXFS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vexfs}.
@@ -136,12 +138,37 @@ fetch_headers() {
     touch "$dir/.vexfs-ready"
 }
 
+# fetch_source SERIES SUBDIR: one folder of the kernel source package, unpacked alone
+# (the tarball is streamed: nothing else of it is written).
+fetch_source() {
+    local series="$1" sub="${2%/}" dir deb top
+    case "$sub" in /*|*..*|"") die "source folder '$sub' must be relative, like fs/minix" ;; esac
+    top="linux-source-$series"
+    dir="$VEXFS_CACHE/sources/$top"
+    if [ -f "$dir/$sub/.vexfs-ready" ]; then return 0; fi
+    need dpkg-deb dpkg
+    need xz xz-utils
+    deb=$(deb_path "$top")
+    log "unpacking $top/$sub from $(basename "$deb")"
+    rm -rf "$dir/$sub.tmp"
+    mkdir -p "$dir/$sub.tmp"
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/src/$top.tar.xz" |
+        tar -xJ -C "$dir/$sub.tmp" --strip-components=$(( $(tr -cd / <<< "$sub" | wc -c) + 2 )) "$top/$sub" ||
+        die "could not unpack $top/$sub from $deb"
+    [ -n "$(ls -A "$dir/$sub.tmp")" ] || die "$deb has no $top/$sub"
+    rm -rf "${dir:?}/$sub"
+    mv "$dir/$sub.tmp" "$dir/$sub"
+    touch "$dir/$sub/.vexfs-ready"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     cmd="${1:-}"
     case "$cmd" in
         latest) shift; latest_release "${1:?series, e.g. 6.12}" "${2:-amd64}" ;;
         kernel) shift; fetch_kernel "${1:?release}"; echo "$VEXFS_CACHE/kernels/$(release_of "$1")" ;;
         headers) shift; fetch_headers "${1:?release}"; echo "$VEXFS_CACHE/headers/$(release_of "$1")" ;;
-        *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        source) shift; fetch_source "${1:?series, e.g. 6.1}" "${2:?folder, e.g. fs/minix}"
+            echo "$VEXFS_CACHE/sources/linux-source-$1/${2%/}" ;;
+        *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
     esac
 fi

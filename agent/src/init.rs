@@ -95,6 +95,12 @@ pub fn harden_self() {
 pub fn run() -> ! {
     mount_all();
     load_listed_modules(Path::new(MODULES_LOAD));
+    // virtio_blk (loaded just above) probes its disks synchronously.
+    crate::disks::link_by_name(
+        Path::new("/sys/block"),
+        Path::new("/dev"),
+        Path::new(crate::disks::BY_NAME),
+    );
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut fast_failures = 0;
     loop {

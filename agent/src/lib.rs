@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod disks;
 pub mod exec;
 pub mod hung;
 pub mod init;

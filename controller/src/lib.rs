@@ -2,6 +2,7 @@
 //! classifies crashes, records them and recovers.
 
 pub mod artifacts;
+pub mod build;
 pub mod classify;
 pub mod cli;
 pub mod client;

@@ -113,6 +113,18 @@ pub struct ModuleConfig {
     /// is unloaded before recovery's leak check fails.
     #[serde(default = "default_leak_bound")]
     pub leak_bound_kb: u64,
+    /// A Kbuild/Makefile source tree (relative to the plan file) built against each
+    /// kernel's headers; the module name is then read from the built .ko unless `name`
+    /// is set to something other than the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Extra `make` arguments for the source build (`CONFIG_MINIX_FS=m`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub make_args: Vec<String>,
+    /// Steps run after every VM restart of a test, before it goes on (fsck, mount,
+    /// read back what was synced), unless the test has its own `after_restart`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_restart: Vec<Step>,
 }
 
 fn default_leak_bound() -> u64 {
@@ -148,6 +160,9 @@ impl Default for ModuleConfig {
             smoke_source: default_source(),
             trigger: None,
             leak_bound_kb: default_leak_bound(),
+            source: None,
+            make_args: Vec::new(),
+            after_restart: Vec::new(),
         }
     }
 }
@@ -168,6 +183,15 @@ pub struct GuestConfig {
     /// Agent silence (s) after which the guest is judged hung.
     #[serde(default = "default_silence")]
     pub silence_s: u64,
+    /// Userland programs put into the image (`[[guest.tools]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    /// Extra modules from the kernel package (dependencies resolved), loaded at boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_modules: Vec<String>,
+    /// virtio-blk disks (`[[guest.disks]]`), fresh for each test.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
 }
 
 fn default_memory() -> u32 {
@@ -187,7 +211,134 @@ impl Default for GuestConfig {
             cpus: default_cpus(),
             cmdline: Vec::new(),
             silence_s: default_silence(),
+            tools: Vec::new(),
+            kernel_modules: Vec::new(),
+            disks: Vec::new(),
         }
+    }
+}
+
+/// Where a guest tool comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolOrigin {
+    /// A C file (relative to the plan) built static on the host with gcc.
+    Source(String),
+    /// A host executable, copied with the shared libraries it needs.
+    Binary(String),
+}
+
+/// A userland program in the guest image: `{ source = "mkfs.x.c", path = "/sbin/mkfs.x" }`
+/// or `{ binary = "/sbin/mkfs.minix" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawTool")]
+pub struct ToolSpec {
+    /// Source file or host binary.
+    #[serde(flatten)]
+    pub origin: ToolOrigin,
+    /// Absolute path in the guest (default: the host path of a binary, or
+    /// `/sbin/<file stem>` for a source).
+    pub path: String,
+    /// Extra gcc flags for a source tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cflags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTool {
+    source: Option<String>,
+    binary: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    cflags: Vec<String>,
+}
+
+impl TryFrom<RawTool> for ToolSpec {
+    type Error = String;
+    fn try_from(r: RawTool) -> Result<Self, String> {
+        let origin = match (r.source, r.binary) {
+            (Some(s), None) => ToolOrigin::Source(s),
+            (None, Some(b)) => ToolOrigin::Binary(b),
+            _ => return Err("a guest tool needs exactly one of `source` or `binary`".into()),
+        };
+        if !r.cflags.is_empty() && matches!(origin, ToolOrigin::Binary(_)) {
+            return Err("`cflags` only apply to a tool built from `source`".into());
+        }
+        let path = match (r.path, &origin) {
+            (Some(p), _) => p,
+            (None, ToolOrigin::Binary(b)) => b.clone(),
+            (None, ToolOrigin::Source(s)) => {
+                let stem = Path::new(s).file_stem().and_then(|f| f.to_str());
+                format!("/sbin/{}", stem.unwrap_or(s))
+            }
+        };
+        if !path.starts_with('/') || path.ends_with('/') || path.contains("/../") {
+            return Err(format!(
+                "guest tool path {path:?} must be an absolute file path"
+            ));
+        }
+        Ok(ToolSpec {
+            origin,
+            path,
+            cflags: r.cflags,
+        })
+    }
+}
+
+/// A virtio-blk disk: `{ name = "data", size_mib = 64 }`, optionally starting from a
+/// raw `image` (relative to the plan). The guest sees it as `/dev/disk/by-name/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawDisk")]
+pub struct DiskSpec {
+    /// Name: the virtio serial, 1-20 characters of `[A-Za-z0-9_-]`.
+    pub name: String,
+    /// Size, MiB (an `image` is grown to it when smaller); 0 keeps the image's size.
+    pub size_mib: u64,
+    /// A raw image the disk starts from, copied fresh for each test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    name: String,
+    #[serde(default)]
+    size_mib: u64,
+    image: Option<String>,
+}
+
+/// Longest virtio-blk serial the guest sees (VIRTIO_BLK_ID_BYTES).
+pub const DISK_NAME_MAX: usize = 20;
+
+impl TryFrom<RawDisk> for DiskSpec {
+    type Error = String;
+    fn try_from(r: RawDisk) -> Result<Self, String> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if r.name.is_empty() || r.name.len() > DISK_NAME_MAX || !r.name.chars().all(ok) {
+            return Err(format!(
+                "disk name {:?} must be 1-{DISK_NAME_MAX} characters of A-Z a-z 0-9 - _ (it is the virtio serial)",
+                r.name
+            ));
+        }
+        if r.size_mib == 0 && r.image.is_none() {
+            return Err(format!(
+                "disk {:?} needs size_mib above zero or an image",
+                r.name
+            ));
+        }
+        if r.size_mib > 1 << 20 {
+            return Err(format!(
+                "disk {:?}: size_mib {} is over 1 TiB",
+                r.name, r.size_mib
+            ));
+        }
+        Ok(DiskSpec {
+            name: r.name,
+            size_mib: r.size_mib,
+            image: r.image,
+        })
     }
 }
 
@@ -217,6 +368,19 @@ pub struct Test {
     pub on_restart: OnRestart,
     /// The steps.
     pub steps: Vec<Step>,
+    /// Steps after each VM restart of this test (default: `[module] after_restart`;
+    /// `[]` runs none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_restart: Option<Vec<Step>>,
+}
+
+impl Plan {
+    /// The steps to run after a VM restart during `test`: its own, else the module's.
+    pub fn after_restart<'a>(&'a self, test: &'a Test) -> &'a [Step] {
+        test.after_restart
+            .as_deref()
+            .unwrap_or(&self.module.after_restart)
+    }
 }
 
 /// Where a test goes on after its VM was restarted.
@@ -330,7 +494,25 @@ pub struct MountStep {
     /// Create the mountpoint first (default true).
     #[serde(default = "yes")]
     pub create: bool,
+    /// Block device to mount: a `[[guest.disks]]` name (`/dev/disk/by-name/NAME`) or
+    /// an absolute device path; replaces `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
+
+impl MountStep {
+    /// What `mount` gets as its source: the device when given, else `source`.
+    pub fn source_arg(&self) -> String {
+        match &self.device {
+            Some(d) if d.starts_with('/') => d.clone(),
+            Some(d) => format!("{DISK_BY_NAME}/{d}"),
+            None => self.source.clone(),
+        }
+    }
+}
+
+/// Where the agent links each disk by its name.
+pub const DISK_BY_NAME: &str = "/dev/disk/by-name";
 
 fn yes() -> bool {
     true
@@ -438,6 +620,7 @@ fn check(plan: &Plan) -> Result<(), String> {
     if plan.tests.is_empty() {
         return Err("no [[test]] in the plan".into());
     }
+    check_guest(plan)?;
     let mut names = std::collections::HashSet::new();
     for t in &plan.tests {
         if t.name.is_empty() || t.name.contains(['/', '\n']) {
@@ -487,9 +670,66 @@ fn check(plan: &Plan) -> Result<(), String> {
                 Step::Sleep(s) if !(0.0..=3600.0).contains(s) => {
                     return Err(format!("test {:?}: sleep {s} is out of range", t.name));
                 }
+                Step::Mount(MountStep {
+                    device: Some(d), ..
+                }) if !d.starts_with('/') && !plan.guest.disks.iter().any(|k| &k.name == d) => {
+                    return Err(format!(
+                        "test {:?}: mount device {d:?} is not a [[guest.disks]] name",
+                        t.name
+                    ));
+                }
                 _ => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// The `[module]` and `[guest]` additions: unique disk names and tool paths, module
+/// names `modprobe` could know.
+fn check_guest(plan: &Plan) -> Result<(), String> {
+    let mut disks = std::collections::HashSet::new();
+    for d in &plan.guest.disks {
+        if !disks.insert(&d.name) {
+            return Err(format!("disk {:?} appears twice", d.name));
+        }
+    }
+    let mut paths = std::collections::HashSet::new();
+    for t in &plan.guest.tools {
+        if !paths.insert(&t.path) {
+            return Err(format!("two guest tools install to {:?}", t.path));
+        }
+    }
+    for m in &plan.guest.kernel_modules {
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if m.is_empty() || !m.chars().all(ok) {
+            return Err(format!(
+                "kernel_modules: {m:?} is not a module name (like \"loop\")"
+            ));
+        }
+    }
+    let checks = std::iter::once(("[module]".to_string(), &plan.module.after_restart)).chain(
+        plan.tests.iter().filter_map(|t| {
+            t.after_restart
+                .as_ref()
+                .map(|a| (format!("test {:?}", t.name), a))
+        }),
+    );
+    for (place, steps) in checks {
+        if let Some(bad) = steps
+            .iter()
+            .find(|s| matches!(s, Step::Trigger(_) | Step::NoLeakSince(_) | Step::Cycles(_)))
+        {
+            return Err(format!(
+                "{place}: after_restart checks the disk after a crash; {bad:?} cannot be one of its steps"
+            ));
+        }
+    }
+    if plan.module.source.as_deref() == Some("") {
+        return Err("[module] source is empty".into());
+    }
+    if !plan.module.make_args.is_empty() && plan.module.source.is_none() {
+        return Err("[module] make_args need a source".into());
     }
     Ok(())
 }
@@ -587,5 +827,142 @@ mod tests {
         assert!(Exit::Word("nonzero".into()).accepts(1));
         assert!(!Exit::Word("nonzero".into()).accepts(0));
         assert!(Exit::Code(3).accepts(3));
+    }
+
+    const BYO: &str = r#"name = "minix"
+kernels = ["latest-6.1"]
+[module]
+source = "linux/fs/minix"
+make_args = ["CONFIG_MINIX_FS=m"]
+fstype = "minix"
+[guest]
+kernel_modules = ["loop"]
+[[guest.tools]]
+binary = "/sbin/mkfs.minix"
+[[guest.tools]]
+source = "tools/mkfs.x.c"
+cflags = ["-O2"]
+[[guest.disks]]
+name = "data"
+size_mib = 64
+[[test]]
+name = "mount"
+steps = ["load", { mount = { target = "/mnt/m", device = "data" } }]
+"#;
+
+    #[test]
+    fn bring_your_own_module_fields() {
+        let p = parse(BYO, "m.toml").unwrap();
+        assert_eq!(p.module.source.as_deref(), Some("linux/fs/minix"));
+        assert_eq!(p.module.make_args, ["CONFIG_MINIX_FS=m"]);
+        assert_eq!(p.guest.kernel_modules, ["loop"]);
+        assert_eq!(
+            p.guest.tools[0],
+            ToolSpec {
+                origin: ToolOrigin::Binary("/sbin/mkfs.minix".into()),
+                path: "/sbin/mkfs.minix".into(),
+                cflags: vec![],
+            }
+        );
+        assert_eq!(p.guest.tools[1].path, "/sbin/mkfs.x");
+        assert_eq!(p.guest.tools[1].cflags, ["-O2"]);
+        assert_eq!(
+            p.guest.disks,
+            [DiskSpec {
+                name: "data".into(),
+                size_mib: 64,
+                image: None
+            }]
+        );
+        let Step::Mount(m) = &p.tests[0].steps[1] else {
+            panic!()
+        };
+        assert_eq!(m.source_arg(), "/dev/disk/by-name/data");
+        // The shipped default still parses to the in-memory module.
+        assert!(parse(DEFAULT_PLAN, "d").unwrap().module.source.is_none());
+        // A written plan reads back the same.
+        let back = parse(&toml::to_string(&p).unwrap(), "m2").unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn bring_your_own_module_errors_name_the_place() {
+        let at = |from: &str, to: &str| {
+            let text = BYO.replacen(from, to, 1);
+            parse(&text, "m.toml").unwrap_err()
+        };
+        // Shape errors: line and column of the offending table.
+        let e = at("binary = \"/sbin/mkfs.minix\"", "path = \"/sbin/x\"");
+        assert!(
+            matches!(e, Error::Parse { line: 9..=11, .. }) && e.to_string().contains("exactly one"),
+            "{e}"
+        );
+        let e = at("name = \"data\"", "name = \"a-very-long-disk-name-x\"");
+        assert!(
+            matches!(e, Error::Parse { line: 14..=16, .. })
+                && e.to_string().contains("virtio serial"),
+            "{e}"
+        );
+        let e = at("size_mib = 64", "");
+        assert!(e.to_string().contains("size_mib above zero"), "{e}");
+        let e = at("cflags = [\"-O2\"]", "cflags = [\"-O2\"]\nbogus = 1");
+        assert!(
+            matches!(e, Error::Parse { .. }) && e.to_string().contains("bogus"),
+            "{e}"
+        );
+        let e = at("make_args = [\"CONFIG_MINIX_FS=m\"]", "make_args = \"x\"");
+        assert!(matches!(e, Error::Parse { line: 5, .. }), "{e}");
+        let e = at(
+            "source = \"tools/mkfs.x.c\"",
+            "source = \"t.c\"\npath = \"sbin/x\"",
+        );
+        assert!(e.to_string().contains("absolute"), "{e}");
+        // Semantic errors.
+        let e = at("device = \"data\"", "device = \"nodisk\"");
+        assert!(e.to_string().contains("not a [[guest.disks]] name"), "{e}");
+        let e = at(
+            "kernel_modules = [\"loop\"]",
+            "kernel_modules = [\"lo op\"]",
+        );
+        assert!(e.to_string().contains("not a module name"), "{e}");
+        let e = at("source = \"linux/fs/minix\"", "");
+        assert!(e.to_string().contains("make_args need a source"), "{e}");
+        let e = at(
+            "source = \"tools/mkfs.x.c\"",
+            "source = \"tools/mkfs.x.c\"\npath = \"/sbin/mkfs.minix\"",
+        );
+        assert!(e.to_string().contains("two guest tools"), "{e}");
+        let twice = BYO.replace(
+            "[[test]]",
+            "[[guest.disks]]\nname = \"data\"\nsize_mib = 1\n[[test]]",
+        );
+        assert!(
+            parse(&twice, "m")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn after_restart_defaults_to_the_modules() {
+        let text = BYO.replace(
+            "fstype = \"minix\"",
+            "fstype = \"minix\"\nafter_restart = [{ exec = { cmd = \"fsck.minix /dev/disk/by-name/data\" } }]",
+        ) + "[[test]]\nname = \"own\"\nafter_restart = []\nsteps = [\"load\"]\n";
+        let p = parse(&text, "m").unwrap();
+        assert!(
+            matches!(p.after_restart(&p.tests[0]), [Step::Exec(e)] if e.cmd.starts_with("fsck"))
+        );
+        assert!(p.after_restart(&p.tests[1]).is_empty());
+        let bad = text.replace(
+            "after_restart = []",
+            "after_restart = [{ trigger = \"null\" }]",
+        );
+        let e = parse(&bad, "m").unwrap_err();
+        assert!(e.to_string().contains("cannot be one of its steps"), "{e}");
+        let bogus = text.replace("after_restart = []", "after_restart = [{ bogus = 1 }]");
+        let e = parse(&bogus, "m").unwrap_err();
+        assert!(matches!(e, Error::Parse { .. }), "{e}");
     }
 }

@@ -6,6 +6,8 @@
 //! VMs are booted one at a time (a process-wide lock): two cores boot one guest at
 //! full speed, and the one-second death-notice check needs an idle machine.
 
+#[path = "vm/byomod.rs"]
+mod byomod;
 #[path = "vm/cid.rs"]
 mod cid;
 #[path = "vm/faults.rs"]

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod agent;
 pub mod classify;
 pub mod crashes;
+pub mod image;
 pub mod plan;
 pub mod report;
 pub mod run;
@@ -50,6 +51,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check test plans.
     Plan(plan::PlanArgs),
+    /// Build the guest images a plan needs.
+    Image(image::ImageArgs),
 }
 
 /// Parses arguments, runs the subcommand and maps its result to an exit code.
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Run(args) => run::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Image(args) => image::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

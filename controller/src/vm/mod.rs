@@ -15,6 +15,7 @@
 
 pub mod console;
 pub mod dump;
+pub mod disks;
 pub mod image;
 pub mod migration;
 pub mod process;
@@ -234,6 +235,9 @@ pub struct VmConfig {
     /// Where the vsock device sits: `RootPort` makes the VM snapshottable (see
     /// [`snapshot`]); the default keeps the plain layout.
     pub vsock_slot: VsockSlot,
+    /// virtio-blk disks (see [`disks::fresh_for_test`]); kept across relaunches of
+    /// the same config, so a restarted guest sees what the crash left.
+    pub disks: Vec<disks::Disk>,
 }
 
 impl VmConfig {
@@ -261,6 +265,7 @@ impl VmConfig {
             probe_timeout: Duration::from_secs(5),
             cache_dir: None,
             vsock_slot: VsockSlot::Builtin,
+            disks: Vec::new(),
         }
     }
 

@@ -200,6 +200,11 @@ pub fn build_argv(
         }
         VsockPlan::None => {}
     }
+    a.extend(
+        super::disks::qemu_args(&cfg.disks)
+            .into_iter()
+            .map(OsString::from),
+    );
     a.extend(cfg.extra_qemu_args.iter().map(OsString::from));
     a
 }

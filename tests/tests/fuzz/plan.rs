@@ -91,12 +91,18 @@ fn random_plan(rng: &mut Rng) -> Plan {
             smoke_source: word(rng),
             trigger: rng.one_in(2).then(|| word(rng)),
             leak_bound_kb: rng.number(),
+            source: None,
+            make_args: Vec::new(),
+            after_restart: Vec::new(),
         },
         guest: GuestConfig {
             memory_mib: rng.number() as u32,
             cpus: rng.number() as u32,
             cmdline: (0..rng.size(3)).map(|_| word(rng)).collect(),
             silence_s: small(rng),
+            tools: Vec::new(),
+            kernel_modules: Vec::new(),
+            disks: Vec::new(),
         },
         isolate_after: rng.number() as u32,
         tests,
@@ -129,6 +135,7 @@ fn random_test(rng: &mut Rng, index: usize) -> Test {
                 options: word(rng),
                 fails_with: rng.one_in(3).then(|| word(rng)),
                 create: rng.one_in(2),
+                device: None,
             }),
             5 => Step::Unmount(word(rng)),
             6 => Step::Trigger(word(rng)),
@@ -166,6 +173,7 @@ fn random_test(rng: &mut Rng, index: usize) -> Test {
             OnRestart::Rerun
         },
         steps,
+        after_restart: None,
     }
 }
 
