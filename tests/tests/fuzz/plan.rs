@@ -4,8 +4,8 @@
 //! line:column lies inside the text.
 
 use vexfs_controller::plan::{
-    self, CyclesStep, DEFAULT_PLAN, Error, ExecStep, Exit, GuestConfig, LeakCheck, ModuleConfig,
-    MountStep, Plan, Step, Test,
+    self, CyclesStep, DEFAULT_PLAN, Error, ExecStep, Exit, FreshVm, GuestConfig, LeakCheck,
+    ModuleConfig, MountStep, Plan, Step, Test,
 };
 
 use crate::support::{self, Rng, mutate};
@@ -94,6 +94,7 @@ fn random_plan(rng: &mut Rng) -> Plan {
             cpus: rng.number() as u32,
             cmdline: (0..rng.size(3)).map(|_| word(rng)).collect(),
             silence_s: small(rng),
+            fresh_vm: *rng.pick(&[FreshVm::OnCrash, FreshVm::PerTest]),
         },
         isolate_after: rng.number() as u32,
         tests,
