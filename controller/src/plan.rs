@@ -192,6 +192,20 @@ pub struct GuestConfig {
     /// virtio-blk disks (`[[guest.disks]]`), fresh for each test.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskSpec>,
+    /// When tests get a brand-new VM (restored from the booted snapshot).
+    #[serde(default)]
+    pub fresh_vm: FreshVm,
+}
+
+/// When tests get a brand-new VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreshVm {
+    /// Only when recovery restarts the guest (`"on_crash"`, the default).
+    #[default]
+    OnCrash,
+    /// Before every test (`"per_test"`): no state carried between tests.
+    PerTest,
 }
 
 fn default_memory() -> u32 {
@@ -214,6 +228,7 @@ impl Default for GuestConfig {
             tools: Vec::new(),
             kernel_modules: Vec::new(),
             disks: Vec::new(),
+            fresh_vm: FreshVm::default(),
         }
     }
 }
@@ -763,6 +778,22 @@ mod tests {
         let p = parse(DEFAULT_PLAN, "default.toml").unwrap();
         assert!(p.tests.len() >= 10);
         assert!(p.tests.iter().any(|t| t.expect_crash.is_some()));
+    }
+
+    #[test]
+    fn fresh_vm_parses_and_defaults_to_on_crash() {
+        let test = "[[test]]\nname = \"a\"\nsteps = [\"load\"]\n";
+        let p = parse(&format!("name = \"x\"\n{test}"), "p.toml").unwrap();
+        assert_eq!(p.guest.fresh_vm, FreshVm::OnCrash);
+        let text = format!("name = \"x\"\n[guest]\nfresh_vm = \"per_test\"\n{test}");
+        assert_eq!(
+            parse(&text, "p.toml").unwrap().guest.fresh_vm,
+            FreshVm::PerTest
+        );
+        let text = format!("name = \"x\"\n[guest]\nfresh_vm = \"always\"\n{test}");
+        let e = parse(&text, "p.toml").unwrap_err();
+        assert!(matches!(e, Error::Parse { line: 3, .. }), "{e}");
+        assert!(e.to_string().contains("per_test"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,9 @@ use super::snapshot::{self, Restored, SnapshotError};
 use super::{Accel, Vm, VmConfig, VmError, resolve_accel};
 use crate::client::AgentClient;
 
+/// Restores tried before a silent agent makes it a cold boot.
+const RESTORE_ATTEMPTS: u32 = 2;
+
 /// How a fresh guest came to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartedFrom {
@@ -96,13 +99,22 @@ pub async fn snapshot_restore(
         Some(s) => (s, false),
         None => (snapshot::take(cfg, accel, &root, timeout).await?, true),
     };
-    match Vm::restore(cfg, accel, &snap, timeout).await {
-        Ok(r) => Ok((r, taken_now)),
-        Err(e) => {
-            snapshot::discard(&snap);
-            Err(e)
+    let mut silent = None;
+    for _ in 0..RESTORE_ATTEMPTS {
+        match Vm::restore(cfg, accel, &snap, timeout).await {
+            Ok(r) => return Ok((r, taken_now)),
+            // The transport wedged, not the snapshot: keep it and try again.
+            Err(e @ SnapshotError::AgentSilent(_)) => {
+                tracing::warn!(error = %e, "restored agent silent; restoring again");
+                silent = Some(e);
+            }
+            Err(e) => {
+                snapshot::discard(&snap);
+                return Err(e);
+            }
         }
     }
+    Err(silent.unwrap_or_else(|| SnapshotError::AgentSilent("no attempt".into())))
 }
 
 /// Why a guest counts as fresh after a restart.

@@ -4,8 +4,8 @@
 //! line:column lies inside the text.
 
 use vexfs_controller::plan::{
-    self, CyclesStep, DEFAULT_PLAN, Error, ExecStep, Exit, GuestConfig, LeakCheck, ModuleConfig,
-    MountStep, OnRestart, Plan, Step, Test,
+    self, CyclesStep, DEFAULT_PLAN, Error, ExecStep, Exit, FreshVm, GuestConfig, LeakCheck,
+    ModuleConfig, MountStep, OnRestart, Plan, Step, Test,
 };
 
 use crate::support::{self, Rng, mutate};
@@ -103,6 +103,7 @@ fn random_plan(rng: &mut Rng) -> Plan {
             tools: Vec::new(),
             kernel_modules: Vec::new(),
             disks: Vec::new(),
+            fresh_vm: *rng.pick(&[FreshVm::OnCrash, FreshVm::PerTest]),
         },
         isolate_after: rng.number() as u32,
         tests,
