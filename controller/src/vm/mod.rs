@@ -13,21 +13,23 @@
 //! connection made between the reset and the new kernel's vsock setup hangs the
 //! backend, which is why `wait_for_agent` first waits for the agent's vsock marker.
 
+mod accel;
+mod config;
 pub mod console;
-pub mod dump;
 pub mod disks;
+pub mod dump;
 pub mod image;
 pub mod migration;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod restart;
+mod rundir;
 pub mod snapshot;
 pub mod vsock_backend;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -42,6 +44,12 @@ use process::{ChildGroup, ProcessError};
 pub use qemu::{Accel, PanicAction, VsockSlot};
 use qmp::{Qmp, QmpError};
 use vsock_backend::{BackendError, VsockChoice, VsockDaemon, VsockPlan};
+
+use accel::*;
+pub use accel::{AccelChoice, probe_cache_file, probe_kvm, resolve_accel};
+pub use config::VmConfig;
+use config::*;
+use rundir::*;
 
 /// Environment variable overriding the accelerator choice (`tcg`, `kvm`, `auto`).
 pub const ACCEL_ENV: &str = "VEXFS_ACCEL";
@@ -119,42 +127,6 @@ pub enum VmError {
     Config(String),
 }
 
-/// Accelerator request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccelChoice {
-    /// Always TCG.
-    Tcg,
-    /// Always KVM.
-    Kvm,
-    /// KVM when a short probe boot shows it works (cached), else TCG.
-    #[default]
-    Auto,
-}
-
-impl FromStr for AccelChoice {
-    type Err = VmError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tcg" => Ok(AccelChoice::Tcg),
-            "kvm" => Ok(AccelChoice::Kvm),
-            "auto" => Ok(AccelChoice::Auto),
-            other => Err(VmError::Config(format!(
-                "accelerator {other:?} (tcg, kvm, auto)"
-            ))),
-        }
-    }
-}
-
-impl AccelChoice {
-    /// `$VEXFS_ACCEL` when set and valid, else `Auto`.
-    pub fn from_env() -> Self {
-        std::env::var(ACCEL_ENV)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_default()
-    }
-}
-
 /// Guest state as told by QMP events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestEvents {
@@ -185,157 +157,6 @@ impl GuestEvents {
             _ => {}
         }
         self.last = Some(name.to_string());
-    }
-}
-
-/// Everything needed to launch one guest.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// QEMU `-name`.
-    pub name: String,
-    /// `-kernel`.
-    pub kernel: PathBuf,
-    /// `-initrd`.
-    pub initramfs: Option<PathBuf>,
-    /// Kernel command line (console and agent port are added when missing).
-    pub cmdline: String,
-    /// Words appended to the command line.
-    pub extra_cmdline: Vec<String>,
-    /// Guest RAM, MiB.
-    pub memory_mib: u32,
-    /// Guest CPUs.
-    pub cpus: u32,
-    /// Accelerator request.
-    pub accel: AccelChoice,
-    /// vsock device request.
-    pub vsock: VsockChoice,
-    /// Guest CID; 0 picks one (3 behind vhost-user, per-run with kernel vhost-vsock).
-    pub guest_cid: u32,
-    /// The agent's vsock port (also put on the command line when missing).
-    pub agent_port: Option<u32>,
-    /// Parent of the per-VM run directory (default: the system temp dir). Keep it
-    /// short: unix socket paths are limited to 107 bytes.
-    pub run_parent: Option<PathBuf>,
-    /// Keep the run directory (logs) after the VM is gone.
-    pub keep_run_dir: bool,
-    /// What a guest panic does.
-    pub panic_action: PanicAction,
-    /// Add `-device pvpanic-pci`.
-    pub pvpanic: bool,
-    /// `-no-reboot`: a guest reboot makes QEMU exit.
-    pub no_reboot: bool,
-    /// QEMU binary.
-    pub qemu_binary: PathBuf,
-    /// Extra QEMU arguments, appended last.
-    pub extra_qemu_args: Vec<String>,
-    /// How long the KVM probe boot may take to reach userspace.
-    pub probe_timeout: Duration,
-    /// Where the probe result is cached (default: the vexfs cache dir).
-    pub cache_dir: Option<PathBuf>,
-    /// Where the vsock device sits: `RootPort` makes the VM snapshottable (see
-    /// [`snapshot`]); the default keeps the plain layout.
-    pub vsock_slot: VsockSlot,
-    /// virtio-blk disks (see [`disks::fresh_for_test`]); kept across relaunches of
-    /// the same config, so a restarted guest sees what the crash left.
-    pub disks: Vec<disks::Disk>,
-}
-
-impl VmConfig {
-    /// Defaults around a kernel and command line: 512 MiB, 1 CPU, auto accel and vsock.
-    pub fn new(kernel: impl Into<PathBuf>, cmdline: impl Into<String>) -> Self {
-        Self {
-            name: "vexfs".into(),
-            kernel: kernel.into(),
-            initramfs: None,
-            cmdline: cmdline.into(),
-            extra_cmdline: Vec::new(),
-            memory_mib: 512,
-            cpus: 1,
-            accel: AccelChoice::Auto,
-            vsock: VsockChoice::Auto,
-            guest_cid: 0,
-            agent_port: None,
-            run_parent: None,
-            keep_run_dir: false,
-            panic_action: PanicAction::Pause,
-            pvpanic: true,
-            no_reboot: false,
-            qemu_binary: "qemu-system-x86_64".into(),
-            extra_qemu_args: Vec::new(),
-            probe_timeout: Duration::from_secs(5),
-            cache_dir: None,
-            vsock_slot: VsockSlot::Builtin,
-            disks: Vec::new(),
-        }
-    }
-
-    /// A configuration for a cached guest image.
-    pub fn from_manifest(m: &Manifest) -> Self {
-        let mut c = Self::new(&m.kernel, m.cmdline.clone());
-        c.initramfs = Some(m.initramfs.clone());
-        c.agent_port = Some(m.agent_port);
-        c.name = format!("vexfs-{}", m.kernel_release);
-        c
-    }
-}
-
-/// The agent port the guest will use: `vexfs.agent.port=` on the final command line.
-fn cmdline_port(cmdline: &str) -> Option<u32> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("vexfs.agent.port="))
-        .next_back()
-        .and_then(|p| p.parse().ok())
-}
-
-/// Removes run dirs (`vexfs-vm-<pid>-...`) left by controllers that died without
-/// cleaning up (SIGKILL): their pid no longer exists. Their QEMUs died with them
-/// (PDEATHSIG), so only files remain.
-fn remove_stale_run_dirs(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("vexfs-vm-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::debug!(dir = %entry.path().display(), "removing stale run dir");
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn unique_run_dir(parent: &Path) -> Result<PathBuf, VmError> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    std::fs::create_dir_all(parent).map_err(|source| VmError::Io {
-        what: format!("create {}", parent.display()),
-        source,
-    })?;
-    remove_stale_run_dirs(parent);
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        let dir = parent.join(format!("vexfs-vm-{}-{n}-{nanos:x}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(source) => {
-                return Err(VmError::Io {
-                    what: format!("create {}", dir.display()),
-                    source,
-                });
-            }
-        }
     }
 }
 
@@ -753,120 +574,6 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.teardown();
     }
-}
-
-/// Host kernel release, part of the probe cache key.
-fn host_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// FNV-1a: a hash that stays the same across Rust versions (cache file names).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The probe cache file for this host and guest kernel.
-pub fn probe_cache_file(cfg: &VmConfig) -> PathBuf {
-    let meta = std::fs::metadata(&cfg.kernel).ok();
-    let (size, mtime) = meta
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.size(), m.mtime())
-        })
-        .unwrap_or_default();
-    let key = format!("{}|{}|{size}|{mtime}", host_release(), cfg.kernel.display());
-    let cache = cfg.cache_dir.clone().unwrap_or_else(image::cache_dir);
-    cache
-        .join("accel-probe")
-        .join(format!("{:016x}", fnv1a(key.as_bytes())))
-}
-
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// Picks the accelerator: an explicit choice (config, then `$VEXFS_ACCEL` when the
-/// config says Auto), else the cached or freshly measured KVM probe result.
-pub async fn resolve_accel(cfg: &VmConfig) -> Accel {
-    let choice = match cfg.accel {
-        AccelChoice::Auto => AccelChoice::from_env(),
-        other => other,
-    };
-    match choice {
-        AccelChoice::Tcg => return Accel::Tcg,
-        AccelChoice::Kvm => return Accel::Kvm,
-        AccelChoice::Auto => {}
-    }
-    if !kvm_usable() {
-        return Accel::Tcg;
-    }
-    let cache = probe_cache_file(cfg);
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        match text.trim() {
-            "kvm" => return Accel::Kvm,
-            "tcg" => return Accel::Tcg,
-            _ => {}
-        }
-    }
-    let accel = probe_kvm(cfg).await;
-    if let Some(dir) = cache.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Err(e) = std::fs::write(&cache, accel.as_str()) {
-        tracing::warn!(error = %e, "accel probe result not cached");
-    }
-    accel
-}
-
-/// Boots `cfg`'s kernel under KVM without vsock and reports KVM only when the guest
-/// reaches userspace within `probe_timeout` without a `KVM internal error`.
-pub async fn probe_kvm(cfg: &VmConfig) -> Accel {
-    let mut probe = cfg.clone();
-    probe.vsock = VsockChoice::None;
-    probe.no_reboot = true;
-    probe.keep_run_dir = false;
-    probe.panic_action = PanicAction::ExitFailure;
-    // "Run /init as init process" is KERN_INFO: make it reach the console.
-    probe.extra_cmdline.push("loglevel=7".into());
-    let start = Instant::now();
-    let vm = match Vm::launch_with(&probe, Accel::Kvm).await {
-        Ok(vm) => vm,
-        Err(e) => {
-            tracing::info!(error = %e, "kvm probe: launch failed; using tcg");
-            return Accel::Tcg;
-        }
-    };
-    let seen = vm
-        .wait_for_console(probe.probe_timeout, |l| {
-            l.text.contains("KVM internal error") || INIT_MARKERS.iter().any(|m| l.text.contains(m))
-        })
-        .await;
-    let accel = match seen {
-        Ok(Some(line)) if !line.text.contains("KVM internal error") => Accel::Kvm,
-        Ok(Some(line)) => {
-            tracing::info!(line = %line.text, "kvm probe failed");
-            Accel::Tcg
-        }
-        Ok(None) => {
-            tracing::info!(timeout = ?probe.probe_timeout, "kvm probe: no userspace in time");
-            Accel::Tcg
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "kvm probe: qemu exited");
-            Accel::Tcg
-        }
-    };
-    vm.kill();
-    tracing::info!(accel = accel.as_str(), elapsed = ?start.elapsed(), "kvm probe done");
-    accel
 }
 
 #[cfg(test)]
