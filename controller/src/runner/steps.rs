@@ -98,6 +98,7 @@ impl<'a> Steps<'a> {
     pub(super) fn mark_current(&mut self, outcome: &str) {
         if let Some(r) = self.records.last_mut().filter(|r| r.index == self.current) {
             r.outcome = outcome.into();
+            r.duration_ms = u64::try_from(store::now_ms() - r.started_at_ms).unwrap_or(0);
         }
     }
 
