@@ -249,6 +249,14 @@ impl Guest {
         let Some(vm) = &self.vm else {
             return String::new();
         };
+        // A panicked (paused) guest runs no sysrq handler: asking would only spend the
+        // forensics' time bounds on silence. Nothing collected is a failed action.
+        if let Ok(st) = vm.qmp().query_status_timeout(ASSESS_TIMEOUT).await
+            && !st.running
+        {
+            tracing::info!("forensics skipped: the guest is {}", st.status);
+            return String::new();
+        }
         crate::forensics::collect_vm(vm, Some(self.client.clone()))
             .await
             .render()
