@@ -126,7 +126,16 @@ pub(super) async fn run_test(
             Race::Incident(Some(i)) => i,
             // Settled with nothing more: the test is done.
             Race::Incident(None) if settled => break,
-            Race::Incident(None) => continue,
+            // The test's time is up (checked at the top of the loop).
+            Race::Incident(None) if Instant::now() + DEADLINE_SLACK >= deadline => continue,
+            // The watch ended early (its tasks stopped): nothing can judge the guest
+            // now, and running the steps again would repeat them.
+            Race::Incident(None) => {
+                result.status = TestStatus::Error;
+                result.message = "the supervisor stopped watching the guest".into();
+                abort = Some(format!("{} in {}", result.message, test.name));
+                break;
+            }
         };
         steps.mark_current("crashed");
         // Only unexpected crashes count toward isolation: the expected one is the test
