@@ -2,16 +2,13 @@
 //! the user's own text) or a harness command as an argv, never a shell string the
 //! harness assembles.
 
+use super::ms;
 use std::time::Duration;
 
 use vexfs_proto::{ExecReply, ExecRequest, SampleRequest};
 
 use crate::client::{AgentClient, unkillable_summary};
 use crate::plan::ExecStep;
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Runs `argv` with `stdin`, as `uid` (and gid), within `timeout`.
 pub(super) async fn run(

@@ -28,6 +28,11 @@ use crate::store::{self, Store};
 use crate::vm::image;
 
 pub use incident::crash_matches;
+
+/// A duration in whole milliseconds (saturating), as results and requests carry it.
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 pub use progress::Progress;
 use progress::{KernelStatus, Reporter};
 use shard::selector;

@@ -1,6 +1,7 @@
 //! One kernel's part of a run: boot its guest, run its tests in order (each from its
 //! checkpoint when resuming), and stop the kernel when recovery fails.
 
+use super::ms;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,6 @@ use crate::vm::image::Manifest;
 
 fn say(progress: &Reporter, msg: &str) {
     progress.line(msg);
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs one kernel's tests on one guest (rebooted as recovery requires).

@@ -2,6 +2,7 @@
 //! recorded and recovered from, and the test goes on as [`incident::after_incident`]
 //! decides, until its steps are done, one fails, or its timeout.
 
+use super::ms;
 use std::time::{Duration, Instant};
 
 use super::incident::{self, Next};
@@ -18,10 +19,6 @@ use crate::store::Store;
 const SETTLE: Duration = Duration::from_millis(1000);
 /// A step that fails this close to the test's deadline failed because of it.
 const DEADLINE_SLACK: Duration = Duration::from_millis(250);
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// What ended a stretch of steps.
 enum Race {

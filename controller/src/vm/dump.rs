@@ -183,11 +183,7 @@ pub async fn capture(
     limits: DumpLimits,
 ) -> Result<Dump, DumpError> {
     let started = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|source| DumpError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    check_space(dir, free_bytes(dir)?, ram_mib, &limits)?;
+    prepare(dir, ram_mib, &limits)?;
     let offered = formats(qmp).await?;
     let format = DumpFormat::choose(&offered).ok_or(DumpError::NoFormat(offered))?;
     capture_as(qmp, dir, format, limits, started).await
@@ -204,12 +200,17 @@ pub async fn capture_in(
     limits: DumpLimits,
 ) -> Result<Dump, DumpError> {
     let started = Instant::now();
+    prepare(dir, ram_mib, &limits)?;
+    capture_as(qmp, dir, format, limits, started).await
+}
+
+/// Creates the dump's folder and checks it has room for the worst case.
+fn prepare(dir: &Path, ram_mib: u32, limits: &DumpLimits) -> Result<(), DumpError> {
     std::fs::create_dir_all(dir).map_err(|source| DumpError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    check_space(dir, free_bytes(dir)?, ram_mib, &limits)?;
-    capture_as(qmp, dir, format, limits, started).await
+    check_space(dir, free_bytes(dir)?, ram_mib, limits)
 }
 
 async fn capture_as(
