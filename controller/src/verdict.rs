@@ -14,10 +14,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// QEMU's run state as QMP reports it (query-status and events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// Running.
+    #[default]
     Running,
     /// Paused by `stop` (or a debugger).
     Paused,

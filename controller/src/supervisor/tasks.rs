@@ -247,32 +247,20 @@ pub(super) async fn agent_task(
     }
 }
 
+/// Mirrors the VM's folded QMP run state ([`crate::vm::GuestEvents`], the one place
+/// events become state) into the watcher's state.
 pub(super) fn qmp_task(
     vm: &Vm,
     state: Shared,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut events = vm.qmp().subscribe();
+    let mut events = vm.guest_events();
     async move {
         loop {
-            let ev = match events.recv().await {
-                Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
-            };
-            let new = match ev.name.as_str() {
-                "GUEST_PANICKED" => Some(VmState::GuestPanicked),
-                "STOP" => Some(VmState::Paused),
-                "RESUME" => Some(VmState::Running),
-                "SHUTDOWN" => Some(VmState::Shutdown),
-                "RESET" => Some(VmState::Running),
-                _ => None,
-            };
-            if let Some(new) = new {
-                let mut s = lock(&state);
-                // A panicked guest stays panicked until reset, whatever STOP follows.
-                if s.vm_state != VmState::GuestPanicked || ev.name == "RESET" {
-                    s.vm_state = new;
-                }
+            // Any event proves QEMU answers, so it may replace the probe's Unknown.
+            let now = events.borrow_and_update().state;
+            lock(&state).vm_state = now;
+            if events.changed().await.is_err() {
+                return;
             }
         }
     }

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::client::{AgentClient, ClientError};
 use crate::transport::Address;
+use crate::verdict::VmState;
 use console::{Console, ConsoleLine, Source};
 use image::Manifest;
 use process::{ChildGroup, ProcessError};
@@ -143,17 +144,42 @@ pub struct GuestEvents {
     pub last_reset_at: Option<Duration>,
     /// The last event's name.
     pub last: Option<String>,
+    /// QEMU's run state as the events tell it: the one fold of QMP events into state
+    /// (the watcher reads it from here).
+    pub state: VmState,
 }
 
 impl GuestEvents {
     /// Folds one event in.
     pub fn record(&mut self, name: &str) {
+        // A panicked guest stays panicked until a reset, whatever STOP or RESUME follow
+        // (pvpanic's pause sends STOP after GUEST_PANICKED).
+        let panicked_now = self.state == VmState::GuestPanicked;
         match name {
-            "GUEST_PANICKED" => self.panicked = true,
-            "SHUTDOWN" => self.shutdown = true,
-            "STOP" => self.stopped = true,
-            "RESUME" => self.stopped = false,
-            "RESET" => self.resets += 1,
+            "GUEST_PANICKED" => {
+                self.panicked = true;
+                self.state = VmState::GuestPanicked;
+            }
+            "SHUTDOWN" => {
+                self.shutdown = true;
+                self.state = VmState::Shutdown;
+            }
+            "STOP" => {
+                self.stopped = true;
+                if !panicked_now {
+                    self.state = VmState::Paused;
+                }
+            }
+            "RESUME" => {
+                self.stopped = false;
+                if !panicked_now {
+                    self.state = VmState::Running;
+                }
+            }
+            "RESET" => {
+                self.resets += 1;
+                self.state = VmState::Running;
+            }
             _ => {}
         }
         self.last = Some(name.to_string());
@@ -606,6 +632,15 @@ mod tests {
         assert!(g.panicked && g.stopped && !g.shutdown);
         assert_eq!(g.resets, 2);
         assert_eq!(g.last.as_deref(), Some("STOP"));
+        assert_eq!(g.state, VmState::GuestPanicked, "STOP after a panic keeps it");
+        g.record("RESUME");
+        assert_eq!(g.state, VmState::GuestPanicked, "RESUME does not clear a panic");
+        g.record("RESET");
+        assert_eq!(g.state, VmState::Running, "a reset does");
+        g.record("STOP");
+        assert_eq!(g.state, VmState::Paused);
+        g.record("SHUTDOWN");
+        assert_eq!(g.state, VmState::Shutdown);
     }
 
     #[test]
