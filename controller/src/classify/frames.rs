@@ -28,10 +28,38 @@ static ARM_FRAME: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Lines that begin a stack trace section of a report.
-pub(crate) static STACK_START: LazyLock<Regex> = LazyLock::new(|| {
+static STACK_START: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"Call (?:T|t)race|Backtrace:|Allocated:|Allocated by task [0-9]+:|Freed:|Freed by task [0-9]+:|Allocated in |Freed in |Last potentially related work creation:|Second to last potentially related work creation:|Stack:\s*$|^\s*(?:allocated|freed) by task [0-9]+|\(in kfence-#[0-9]+\):|Uninit was (?:stored|created)|^\s*Local variable|BUG: (?:KMSAN|KCSAN|KFENCE): |^\s*backtrace(?: \(crc [0-9a-f]+\))?:")
         .expect("stack start regex")
 });
+
+/// Literals one of which every [`STACK_START`] match contains: most report lines hold
+/// none, and one multi-literal scan rejects them before the regex runs.
+static STACK_START_LITERALS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+        .build([
+            "Call ",
+            "Backtrace:",
+            "Allocated",
+            "Freed",
+            "potentially related",
+            "Stack:",
+            "llocated by task",
+            "reed by task",
+            "kfence-#",
+            "Uninit was",
+            "Local variable",
+            "BUG: K",
+            "backtrace",
+        ])
+        .expect("stack start literals")
+});
+
+/// True when `t` begins a stack trace section ([`STACK_START`]).
+pub(crate) fn is_stack_start(t: &str) -> bool {
+    STACK_START_LITERALS.is_match(t) && STACK_START.is_match(t)
+}
 
 /// A frame recognised on a line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,10 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
 
 use super::CrashReport;
-use super::lines::Line;
+use super::lines::{Caller, Line};
 use super::oops::{self, HeaderHit, OOPSES};
 use super::parse;
+use super::record::Record;
 
 /// Lines of unrelated output after which an open report is considered finished.
 const GAP: usize = 15;
@@ -26,8 +27,8 @@ const MAX_LINES: usize = 2000;
 /// Longest line kept, in bytes; the rest of a longer line is dropped unseen. Kernel
 /// lines are at most ~1 KiB and the longest line of the syzkaller corpus is ~8 KiB.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
-/// Cap on the text of one report (raw plus stripped lines), so a report of many
-/// maximal lines stays small: real reports are a few tens of KiB.
+/// Cap on the text of one report, so a report of many maximal lines stays small:
+/// real reports are a few tens of KiB.
 const MAX_REPORT_BYTES: usize = 1024 * 1024;
 /// Cap on interleaved lines from other callers while a report is open.
 const MAX_FOREIGN: usize = 2000;
@@ -46,6 +47,20 @@ static PREFILTER: LazyLock<AhoCorasick> = LazyLock::new(|| {
 });
 
 /// Lines that clearly belong to a report (stack dumps, registers, lockdep chains).
+/// Decided by the first byte where it can be (indented frames, `<IRQ>`, `[<pc>]`,
+/// rules and `?` frames are most of a report), then by a frame offset, and only
+/// then by the full pattern.
+fn reportish(t: &str) -> bool {
+    let Some(&first) = t.as_bytes().first() else {
+        return false;
+    };
+    if first.is_ascii_whitespace() || b"<#-=*(?".contains(&first) || t.as_bytes().starts_with(b"[<")
+    {
+        return true;
+    }
+    REPORTISH.is_match(t)
+}
+
 static REPORTISH: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:\s|<|#|-|=|\*|\[<|\(|\?|",
@@ -66,15 +81,24 @@ static REPORTISH: LazyLock<Regex> = LazyLock::new(|| {
     .expect("reportish regex")
 });
 
-/// End markers: after one, the report ends at the next line that is not report-ish.
-static SOFT_END: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"---\[ end trace|</TASK>|^=+\s*$").expect("soft end regex"));
+/// End markers: after one, the report ends at the next line that is not report-ish
+/// (`---[ end trace`, `</TASK>`, a line of `=`). Plain substring tests: this runs for
+/// every line of an open report.
+fn soft_end(t: &str) -> bool {
+    let b = t.as_bytes();
+    let rule = b.first() == Some(&b'=') && {
+        let rest = t.trim_start_matches('=');
+        rest.trim().is_empty()
+    };
+    rule || memchr::memmem::find(b, b"---[ end trace").is_some()
+        || memchr::memmem::find(b, b"</TASK>").is_some()
+}
 
 #[derive(Clone)]
 struct Pending {
     hit: HeaderHit,
     start_line: usize,
-    caller: Option<String>,
+    caller: Option<Caller>,
     stamps: u8,
     lines: Vec<Line>,
     /// Number of leading `lines` that belong to the report.
@@ -88,13 +112,15 @@ struct Pending {
 
 impl Pending {
     fn push(&mut self, line: Line) {
-        self.bytes += line.raw.len() + line.text.len();
+        self.bytes += line.raw.len() + 1;
         self.lines.push(line);
     }
 
     /// The report reached a size cap and must close.
     fn full(&self) -> bool {
-        self.lines.len() >= MAX_LINES || self.bytes >= MAX_REPORT_BYTES
+        // Closed while one more maximal line would still fit, so the report's text
+        // (lines and newlines) never exceeds the cap.
+        self.lines.len() >= MAX_LINES || self.bytes + MAX_LINE_BYTES + 1 > MAX_REPORT_BYTES
     }
 }
 
@@ -131,6 +157,28 @@ impl Classifier {
         let mut out = Vec::new();
         self.process(false, &mut out);
         out
+    }
+
+    /// Feeds one kernel log record (the agent's `/dev/kmsg` stream); returns the
+    /// reports it completed. Its fields are used as they are (caller id, timestamp,
+    /// facility); each line of its message is one line of the log. A classifier is
+    /// fed either records or console bytes, not both.
+    pub fn feed_record(&mut self, record: Record<'_>) -> Vec<CrashReport> {
+        let mut out = Vec::new();
+        for line in record.lines() {
+            self.handle_line(line, &mut out);
+            self.line_no += 1;
+        }
+        out
+    }
+
+    /// The report still open, as [`Classifier::finish`] would complete it if the
+    /// input ended after its last complete line; the classifier goes on unchanged
+    /// (a live watcher looks at it while the guest is quiet).
+    pub fn pending(&self) -> Option<CrashReport> {
+        self.pending
+            .as_ref()
+            .map(|p| parse::build(&p.lines[..p.keep.max(1)], p.hit, p.start_line))
     }
 
     /// Appends `bytes` to the buffer, keeping at most [`MAX_LINE_BYTES`] of each line
@@ -215,8 +263,8 @@ impl Classifier {
     }
 
     fn handle_line(&mut self, line: Line, out: &mut Vec<CrashReport>) {
-        let header = if PREFILTER.is_match(line.text.as_bytes()) {
-            oops::match_header(&line.text)
+        let header = if !line.user && PREFILTER.is_match(line.text().as_bytes()) {
+            oops::match_header(line.text())
         } else {
             None
         };
@@ -226,8 +274,9 @@ impl Classifier {
             }
             return;
         };
-        let foreign = matches!((&p.caller, &line.caller), (Some(a), Some(b)) if a != b)
-            || line.stamps < p.stamps;
+        let foreign = matches!((p.caller, line.caller), (Some(a), Some(b)) if a != b)
+            || line.stamps < p.stamps
+            || line.user;
         if let Some(hit) = header
             && !foreign
         {
@@ -258,9 +307,9 @@ impl Classifier {
             }
             return;
         }
-        let text = line.text.as_str();
+        let text = line.text();
         let blank = text.trim().is_empty();
-        let reportish = !blank && REPORTISH.is_match(text);
+        let reportish = !blank && reportish(text);
         if p.ended && !blank && !reportish {
             out.extend(self.pending.take().map(close));
             return;
@@ -272,8 +321,8 @@ impl Classifier {
         } else if !blank {
             p.gap += 1;
         }
-        let last = &p.lines[p.lines.len() - 1].text;
-        if SOFT_END.is_match(last) && (p.lines.len() > 3 || !last.starts_with('=')) {
+        let last = p.lines[p.lines.len() - 1].text();
+        if soft_end(last) && (p.lines.len() > 3 || !last.starts_with('=')) {
             p.ended = true;
         }
         if p.gap >= GAP || p.full() {
@@ -285,9 +334,9 @@ impl Classifier {
         self.pending = Some(Pending {
             hit,
             start_line: self.line_no,
-            caller: line.caller.clone(),
+            caller: line.caller,
             stamps: line.stamps,
-            bytes: line.raw.len() + line.text.len(),
+            bytes: line.raw.len() + 1,
             lines: vec![line],
             keep: 1,
             gap: 0,
@@ -317,18 +366,18 @@ fn attached(p: &Pending, hit: HeaderHit) -> bool {
                     && !p
                         .lines
                         .iter()
-                        .any(|l| super::frames::STACK_START.is_match(&l.text)))
+                        .any(|l| super::frames::is_stack_start(l.text())))
         }
         // A stall report whose dump has not begun yet absorbs a report the dumping
         // code itself triggers (a WARNING in the stall printer): the stall is the
         // crash, its dump follows the nested report.
         _ => {
             p.lines.len() < ATTACHED
-                && p.lines[0].text.contains("detected stall")
+                && p.lines[0].text().contains("detected stall")
                 && !p
                     .lines
                     .iter()
-                    .any(|l| super::frames::STACK_START.is_match(&l.text))
+                    .any(|l| super::frames::is_stack_start(l.text()))
         }
     }
 }
@@ -338,8 +387,8 @@ fn in_trace(p: &Pending) -> bool {
     p.lines[1..]
         .iter()
         .rev()
-        .find(|l| !l.text.trim().is_empty())
-        .is_some_and(|l| super::frames::parse_frame(&l.text).is_some() || l.text.contains("+0x"))
+        .find(|l| !l.text().trim().is_empty())
+        .is_some_and(|l| super::frames::parse_frame(l.text()).is_some() || l.text().contains("+0x"))
 }
 
 fn close(mut p: Pending) -> CrashReport {

@@ -1,19 +1,59 @@
 //! Byte-level line handling: splitting console output into lines and stripping the
 //! prefixes the kernel, the console and the capture tooling put in front of the
-//! message (timestamps, printk caller ids, kmsg record headers, syslog levels).
+//! message (timestamps, printk caller ids, kmsg record headers, syslog levels); and
+//! building the same lines straight from the agent's structured kmsg records.
+
+/// The printk caller id (`CONFIG_PRINTK_CALLER`): the task that printed, or the CPU
+/// when it printed from interrupt context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// `T123`: task context, by PID.
+    Task(u32),
+    /// `C1`: interrupt context, by CPU.
+    Cpu(u32),
+}
+
+impl Caller {
+    /// Parses `T123` / `C1` (surrounding spaces already trimmed).
+    pub(crate) fn parse(t: &str) -> Option<Caller> {
+        let b = t.as_bytes();
+        if b.len() < 2 || !b[1..].iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u32 = t[1..].parse().ok()?;
+        match b[0] {
+            b'T' => Some(Caller::Task(n)),
+            b'C' => Some(Caller::Cpu(n)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Task(n) => write!(f, "T{n}"),
+            Caller::Cpu(n) => write!(f, "C{n}"),
+        }
+    }
+}
 
 /// One console line after prefix stripping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Line {
     /// The original line (lossy UTF-8, carriage returns removed), for report text.
     pub raw: String,
-    /// The message with all recognised prefixes removed.
-    pub text: String,
-    /// The printk caller id (`T123` or `C1`) when the kernel printed one.
-    pub caller: Option<String>,
+    /// Where the message starts in `raw`: the message is always a suffix of the line,
+    /// so it is kept as an offset rather than a second copy (one allocation a line).
+    text_start: usize,
+    /// The printk caller id when the kernel printed one.
+    pub caller: Option<Caller>,
     /// How many `[ 1.234]` timestamps prefixed the line: lines with fewer than a
     /// report's header are not kernel output (program logs, shell output).
     pub stamps: u8,
+    /// A record user space wrote to `/dev/kmsg` (a facility other than the kernel's):
+    /// it can neither start nor continue a kernel report. Console text cannot tell.
+    pub user: bool,
 }
 
 impl Line {
@@ -21,11 +61,50 @@ impl Line {
     pub(crate) fn parse(bytes: &[u8]) -> Line {
         let raw = clean(bytes);
         let (text, caller, stamps) = strip_prefixes(&raw);
+        let text_start = raw.len() - text.len();
         Line {
-            text: text.to_string(),
+            raw,
+            text_start,
             caller,
             stamps,
+            user: false,
+        }
+    }
+
+    /// The message with all recognised prefixes removed.
+    pub(crate) fn text(&self) -> &str {
+        &self.raw[self.text_start..]
+    }
+
+    /// The line a console prints for one line of a kmsg record's message:
+    /// `[    1.234567][  T123] message`, built from the record's fields and cut to
+    /// `max` bytes as the console reader cuts it. The message may itself carry
+    /// timestamps (a relayed console); those count as they do on the console.
+    pub(crate) fn from_record(
+        ts_us: u64,
+        caller: Option<Caller>,
+        user: bool,
+        message: &[u8],
+        max: usize,
+    ) -> Line {
+        use std::fmt::Write;
+        let mut raw = String::with_capacity(message.len().min(max) + 24);
+        let _ = write!(raw, "[{:5}.{:06}]", ts_us / 1_000_000, ts_us % 1_000_000);
+        if let Some(c) = caller {
+            let _ = write!(raw, "[{:>6}]", c.to_string());
+        }
+        raw.push(' ');
+        let prefix = raw.len();
+        let room = max.saturating_sub(prefix).min(message.len());
+        raw.push_str(&clean(&message[..room]));
+        let (text, nested_caller, nested) = strip_stamps(&raw[prefix..]);
+        let text_start = raw.len() - text.len();
+        Line {
+            caller: nested_caller.or(caller),
+            stamps: nested.saturating_add(1),
+            text_start,
             raw,
+            user,
         }
     }
 }
@@ -34,7 +113,7 @@ impl Line {
 /// and the odd NUL, neither of which belongs to the message.
 fn clean(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    if s.bytes().any(|b| b == b'\r' || b == 0) {
+    if memchr::memchr2(b'\r', 0, s.as_bytes()).is_some() {
         s.chars().filter(|&c| c != '\r' && c != '\0').collect()
     } else {
         s.into_owned()
@@ -43,20 +122,36 @@ fn clean(bytes: &[u8]) -> String {
 
 /// Removes any sequence of `[ 12.345678]` timestamps, `[ T123]` caller ids,
 /// `<6>` syslog levels and a leading kmsg `6,123,4567,-;` record header.
-pub(crate) fn strip_prefixes(line: &str) -> (&str, Option<String>, u8) {
+pub(crate) fn strip_prefixes(line: &str) -> (&str, Option<Caller>, u8) {
+    let mut s = line;
+    let mut kmsg_caller = None;
+    if let Some((rest, c)) = strip_kmsg_header(s) {
+        s = rest;
+        kmsg_caller = c;
+    }
+    let (s, caller, stamps) = strip_stamps(s);
+    (s, caller.or(kmsg_caller), stamps)
+}
+
+/// Removes any sequence of timestamps, caller ids and syslog levels.
+fn strip_stamps(line: &str) -> (&str, Option<Caller>, u8) {
     let mut s = line;
     let mut caller = None;
     let mut stamps = 0u8;
-    if let Some((rest, kmsg_caller)) = strip_kmsg_header(s) {
-        s = rest;
-        caller = kmsg_caller;
-    }
     loop {
-        if let Some(rest) = strip_syslog_level(s) {
-            s = rest;
-            continue;
+        // Most message text starts with neither: one byte test decides.
+        match s.as_bytes().first() {
+            Some(b'<') => {
+                if let Some(rest) = strip_syslog_level(s) {
+                    s = rest;
+                    continue;
+                }
+                break;
+            }
+            Some(b'[') => {}
+            _ => break,
         }
-        let Some(inner_end) = s.strip_prefix('[').and_then(|r| r.find(']')) else {
+        let Some(inner_end) = s[1..].find(']') else {
             break;
         };
         let inner = &s[1..1 + inner_end];
@@ -65,8 +160,8 @@ pub(crate) fn strip_prefixes(line: &str) -> (&str, Option<String>, u8) {
         if is_timestamp(t) {
             stamps = stamps.saturating_add(1);
             s = after.strip_prefix(' ').unwrap_or(after);
-        } else if is_caller_id(t) {
-            caller = Some(t.to_string());
+        } else if let Some(c) = Caller::parse(t) {
+            caller = Some(c);
             s = after.strip_prefix(' ').unwrap_or(after);
         } else {
             break;
@@ -85,11 +180,6 @@ fn is_timestamp(t: &str) -> bool {
         && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_caller_id(t: &str) -> bool {
-    let b = t.as_bytes();
-    b.len() >= 2 && (b[0] == b'T' || b[0] == b'C') && b[1..].iter().all(u8::is_ascii_digit)
-}
-
 fn strip_syslog_level(s: &str) -> Option<&str> {
     let rest = s.strip_prefix('<')?;
     let end = rest.find('>')?;
@@ -99,7 +189,11 @@ fn strip_syslog_level(s: &str) -> Option<&str> {
 
 /// `/dev/kmsg` records: `prio,seq,usec,flags[,caller=T12];message`; returns the
 /// message and the caller id when the record carries one.
-fn strip_kmsg_header(s: &str) -> Option<(&str, Option<String>)> {
+fn strip_kmsg_header(s: &str) -> Option<(&str, Option<Caller>)> {
+    // Cheap reject first: a record header starts with its priority digits.
+    if !s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
     let semi = s.find(';')?;
     let head = &s[..semi];
     let mut fields = head.split(',');
@@ -110,8 +204,7 @@ fn strip_kmsg_header(s: &str) -> Option<(&str, Option<String>)> {
     }
     let caller = fields
         .find_map(|f| f.strip_prefix("caller="))
-        .filter(|c| is_caller_id(c))
-        .map(str::to_string);
+        .and_then(Caller::parse);
     Some((&s[semi + 1..], caller))
 }
 
@@ -122,26 +215,26 @@ mod tests {
     #[test]
     fn strips_nested_timestamps_and_caller() {
         let l = Line::parse(b"[   7.868] [    3.039359] BUG: kernel NULL pointer\r");
-        assert_eq!(l.text, "BUG: kernel NULL pointer");
+        assert_eq!(l.text(), "BUG: kernel NULL pointer");
         assert_eq!(l.caller, None);
         let l = Line::parse(b"[   12.345678][ T123] WARNING: foo");
-        assert_eq!(l.text, "WARNING: foo");
-        assert_eq!(l.caller.as_deref(), Some("T123"));
+        assert_eq!(l.text(), "WARNING: foo");
+        assert_eq!(l.caller, Some(Caller::Task(123)));
         let l = Line::parse(b"[ 1349.302950][    C1]  netlink_unicast+0xfc/0x1dc");
-        assert_eq!(l.text, " netlink_unicast+0xfc/0x1dc");
-        assert_eq!(l.caller.as_deref(), Some("C1"));
+        assert_eq!(l.text(), " netlink_unicast+0xfc/0x1dc");
+        assert_eq!(l.caller, Some(Caller::Cpu(1)));
     }
 
     #[test]
     fn strips_kmsg_and_syslog() {
         assert_eq!(
-            Line::parse(b"4,1234,5678901,-;WARNING: x").text,
+            Line::parse(b"4,1234,5678901,-;WARNING: x").text(),
             "WARNING: x"
         );
         let l = Line::parse(b"4,12,56,-,caller=T12;BUG: y");
-        assert_eq!(l.text, "BUG: y");
-        assert_eq!(l.caller.as_deref(), Some("T12"));
-        assert_eq!(Line::parse(b"<4>[ 1.0] INFO: z").text, "INFO: z");
-        assert_eq!(Line::parse(b"[not a ts] x").text, "[not a ts] x");
+        assert_eq!(l.text(), "BUG: y");
+        assert_eq!(l.caller, Some(Caller::Task(12)));
+        assert_eq!(Line::parse(b"<4>[ 1.0] INFO: z").text(), "INFO: z");
+        assert_eq!(Line::parse(b"[not a ts] x").text(), "[not a ts] x");
     }
 }

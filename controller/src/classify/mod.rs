@@ -1,5 +1,6 @@
-//! Crash classifier: turns raw kernel console output (serial console or the agent's
-//! kmsg stream) into classified, titled, deduplicable crash reports.
+//! Crash classifier: turns raw kernel console output (serial console bytes, or the
+//! agent's kmsg records through [`Classifier::feed_record`]) into classified, titled,
+//! deduplicable crash reports.
 //!
 //! The approach follows syzkaller's `pkg/report/linux.go`: a table of oops header
 //! patterns ([`oops`]), each with title formats, stack-frame extraction rules and a
@@ -16,9 +17,12 @@ mod names;
 mod oops;
 mod parse;
 mod pick;
+mod record;
 mod skip;
 mod title;
 
+#[cfg(test)]
+mod record_tests;
 #[cfg(test)]
 mod rules_tests;
 #[cfg(test)]
@@ -27,6 +31,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use incremental::{Classifier, MAX_LINE_BYTES};
+pub use record::Record;
 
 /// What kind of crash a report is (definitions: the crash corpus README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::formats::{Format, Part, StackFmt};
-use super::frames::{self, Frame, STACK_START};
+use super::frames::{self, Frame};
 use super::lines::Line;
 use super::oops::{HeaderHit, OOPSES};
 use super::pick;
@@ -30,6 +30,10 @@ fn mixed_tasks(texts: &[&str]) -> bool {
     });
     let mut first: Option<&str> = None;
     for t in texts {
+        // The prefix test spares the regex on every other line of the report.
+        if !t.starts_with("CPU: ") {
+            continue;
+        }
         if let Some(c) = CPU_PID.captures(t) {
             let pid = c.get(1).map_or("", |m| m.as_str());
             match first {
@@ -58,6 +62,7 @@ fn foreign_trace(head: &str, texts: &[&str]) -> bool {
     texts
         .iter()
         .skip(1)
+        .filter(|t| t.starts_with("CPU: "))
         .find_map(|t| CPU_PID.captures(t))
         .is_some_and(|c| c[1] != want[1])
 }
@@ -68,10 +73,11 @@ const TITLE_LINES: usize = 300;
 /// Builds the report for `lines` (the first holding the header at `hit.offset`).
 pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashReport {
     let oops = &OOPSES[hit.oops];
-    let head = lines[0].text.get(hit.offset..).unwrap_or(&lines[0].text);
+    let first = lines[0].text();
+    let head = first.get(hit.offset..).unwrap_or(first);
     let mut texts: Vec<&str> = Vec::with_capacity(lines.len());
     texts.push(head);
-    texts.extend(lines[1..].iter().map(|l| l.text.as_str()));
+    texts.extend(lines[1..].iter().map(|l| l.text()));
     // Titles come from the first lines; bounding the text keeps multi-line title
     // patterns cheap on huge reports.
     let joined = texts[..texts.len().min(TITLE_LINES)].join("\n");
@@ -279,7 +285,7 @@ fn pick_with_module(cands: &[Frame], sf: &StackFmt) -> Option<String> {
 fn parse_frames(texts: &[&str]) -> Vec<Frame> {
     let mut out = Vec::new();
     for (n, t) in texts.iter().enumerate() {
-        if !out.is_empty() && (STACK_START.is_match(t) || t.trim().is_empty()) {
+        if !out.is_empty() && (frames::is_stack_start(t) || t.trim().is_empty()) {
             break;
         }
         if t.contains("---[ end trace") || (n > 0 && t.starts_with("=====") && !out.is_empty()) {
@@ -321,7 +327,7 @@ fn rip_frame(t: &str) -> Option<Frame> {
 
 /// Frames of the first stack trace in the report (for the `frames` field).
 fn first_stack(texts: &[&str]) -> Vec<Frame> {
-    match texts.iter().position(|t| STACK_START.is_match(t)) {
+    match texts.iter().position(|t| frames::is_stack_start(t)) {
         Some(i) => parse_frames(&texts[i + 1..]),
         None => parse_frames(texts),
     }
@@ -334,7 +340,7 @@ fn first_stack(texts: &[&str]) -> Vec<Frame> {
 fn has_stack(texts: &[&str], format: &Format) -> bool {
     let mut seen = false;
     for (i, t) in texts.iter().enumerate() {
-        if !STACK_START.is_match(t) {
+        if !frames::is_stack_start(t) {
             continue;
         }
         if texts[i + 1..].iter().all(|w| w.trim().is_empty()) {

@@ -4,9 +4,9 @@
 use super::state::{Shared, State, lock};
 use super::*;
 
-/// Feeds text to a classifier; returns the reports it completed, plus, when the input
-/// has gone idle, the report still open (looked at through a clone, so the real
-/// completion later dedupes against it).
+/// Feeds text or kmsg records to a classifier; returns the reports it completed, plus,
+/// when the input has gone idle, the report still open (looked at by reference, so the
+/// real completion later dedupes against it).
 pub(super) struct LiveClassifier {
     inner: Classifier,
 }
@@ -25,8 +25,13 @@ impl LiveClassifier {
         self.inner.feed(&bytes)
     }
 
+    /// One agent kmsg record, its fields used as they are.
+    pub(super) fn feed_record(&mut self, r: &vexfs_proto::KmsgRecord) -> Vec<CrashReport> {
+        self.inner.feed_record(r.into())
+    }
+
     pub(super) fn idle(&self) -> Vec<CrashReport> {
-        self.inner.clone().finish()
+        self.inner.pending().into_iter().collect()
     }
 }
 
@@ -109,8 +114,10 @@ pub(super) fn console_task(
     }
 }
 
-/// Renders a kmsg record as a console line with timestamp and caller id, which is what
-/// the classifier knows how to de-interleave.
+/// Renders a kmsg record as a console line with timestamp and caller id. The
+/// classifier now takes records directly (`LiveClassifier::feed_record`); only the
+/// supervisor's rendering test still calls this.
+#[cfg(test)]
 pub(super) fn kmsg_line(r: &vexfs_proto::KmsgRecord) -> String {
     let caller = if r.caller.is_empty() {
         String::new()
@@ -218,7 +225,7 @@ pub(super) async fn agent_task(
                 Some(event::Kind::Kmsg(r)) => {
                     lock(&state).record(r.seq);
                     dirty = true;
-                    let done = classifier.feed(&kmsg_line(&r));
+                    let done = classifier.feed_record(&r);
                     if !report(&state, &tx, done, CrashSource::Kmsg).await {
                         return;
                     }
