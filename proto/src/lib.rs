@@ -8,6 +8,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+#[cfg(feature = "serde")]
+pub mod json;
 pub mod taint;
 
 pub use taint::Taint;

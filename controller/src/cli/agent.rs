@@ -1,5 +1,6 @@
 //! `vexctl agent --connect ADDR ...`: drives a running agent (health, logs, modules,
-//! load, unload, reload, exec, sysrq), as text or `--json`.
+//! load, unload, reload, exec, sysrq), as text or `--json`. The JSON is the agent's
+//! own reply types through their serde derives (vexfs-proto's `serde` feature).
 
 use std::io::Write;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use vexfs_proto::{
-    Counters, ExecRequest, HealthReply, HungTask, LoadModuleRequest, Module, ModuleOutcome,
-    ModuleReply, ReloadModuleRequest, StreamRequest, UnloadModuleRequest, event,
+    ExecRequest, HealthReply, LoadModuleRequest, ModuleOutcome, ModuleReply, ReloadModuleRequest,
+    StreamRequest, UnloadModuleRequest, event,
 };
 
 use super::{EXIT_FAILURES, EXIT_HARNESS, EXIT_OK};
@@ -132,7 +133,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
     match args.command {
         AgentCommand::Health => {
             if json {
-                writeln!(out, "{}", health_json(&health))?;
+                writeln!(out, "{}", serde_json::to_string(&health)?)?;
             } else {
                 print_health(&mut out, &health)?;
             }
@@ -178,8 +179,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
         AgentCommand::Modules => {
             let reply = client.list_modules().await?;
             if json {
-                let mods: Vec<Value> = reply.modules.iter().map(module_json).collect();
-                writeln!(out, "{}", json!({ "modules": mods }))?;
+                writeln!(out, "{}", serde_json::to_string(&reply)?)?;
             } else {
                 writeln!(
                     out,
@@ -255,15 +255,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
                 })
                 .await?;
             if json {
-                let v = json!({
-                    "exit_code": reply.exit_code, "signal": reply.signal,
-                    "stdout": String::from_utf8_lossy(&reply.stdout),
-                    "stderr": String::from_utf8_lossy(&reply.stderr),
-                    "duration_ms": reply.duration_ms, "timed_out": reply.timed_out,
-                    "stdout_truncated": reply.stdout_truncated, "stderr_truncated": reply.stderr_truncated,
-                    "pid": reply.pid, "unkillable": reply.unkillable.as_ref().map(hung_json),
-                });
-                writeln!(out, "{v}")?;
+                writeln!(out, "{}", serde_json::to_string(&reply)?)?;
             } else {
                 out.write_all(&reply.stdout)?;
                 out.flush()?;
@@ -294,13 +286,6 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn hung_json(h: &HungTask) -> Value {
-    json!({
-        "pid": h.pid, "comm": h.comm, "blocked_secs": h.blocked_secs, "source": h.source,
-        "stack": h.stack, "wchan": h.wchan, "kmsg_seq": h.kmsg_seq,
-    })
-}
-
 /// Exit code mirroring a shell: the command's code, 128+signal, or 124 (as
 /// timeout(1)) when the agent's timeout killed it.
 fn exec_exit_code(exit_code: i32, signal: i32, timed_out: bool) -> u8 {
@@ -321,13 +306,7 @@ fn use_color() -> bool {
 
 /// Health as JSON.
 pub fn health_json(h: &HealthReply) -> Value {
-    json!({
-        "agent_version": h.agent_version, "kernel_release": h.kernel_release,
-        "boot_id": h.boot_id, "uptime_ms": h.uptime_ms, "taint_mask": h.taint_mask,
-        "taint_flags": h.taint_flags, "taint_names": h.taint_names,
-        "agent_rss_bytes": h.agent_rss_bytes, "agent_pid": h.agent_pid,
-        "last_kmsg_seq": h.last_kmsg_seq,
-    })
+    json!(h)
 }
 
 fn print_health(out: &mut impl Write, h: &HealthReply) -> std::io::Result<()> {
@@ -350,33 +329,11 @@ fn print_health(out: &mut impl Write, h: &HealthReply) -> std::io::Result<()> {
     writeln!(out, "kmsg seq  {}", h.last_kmsg_seq)
 }
 
-fn module_json(m: &Module) -> Value {
-    json!({
-        "name": m.name, "size": m.size, "refcount": m.refcount, "holders": m.holders,
-        "state": m.state, "taint": m.taint, "address": m.address,
-    })
-}
-
-fn outcome_name(outcome: i32) -> &'static str {
-    match ModuleOutcome::try_from(outcome) {
-        Ok(ModuleOutcome::Ok) => "ok",
-        Ok(ModuleOutcome::Hung) => "hung",
-        Ok(ModuleOutcome::Failed) => "failed",
-        Ok(ModuleOutcome::VerifyFailed) => "verify-failed",
-        Ok(ModuleOutcome::AlreadyLoaded) => "already-loaded",
-        _ => "unspecified",
-    }
-}
-
 fn module_result(out: &mut impl Write, r: &ModuleReply, json: bool) -> anyhow::Result<u8> {
-    let outcome = outcome_name(r.outcome);
     if json {
-        let v = json!({
-            "outcome": outcome, "module": r.module.as_ref().map(module_json),
-            "duration_ms": r.duration_ms, "detail": r.detail,
-        });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
     } else {
+        let outcome = vexfs_proto::json::module_outcome_name(r.outcome);
         let state = r
             .module
             .as_ref()
@@ -396,30 +353,9 @@ fn module_result(out: &mut impl Write, r: &ModuleReply, json: bool) -> anyhow::R
     })
 }
 
-fn counters_json(c: &Counters) -> Value {
-    json!({
-        "ts_us": c.ts_us, "meminfo_kb": c.meminfo_kb, "taint_mask": c.taint_mask,
-        "processes": c.processes, "processes_d_state": c.processes_d_state,
-        "file_handles_allocated": c.file_handles_allocated,
-        "load1": c.load1, "slabs": c.slabs.len(), "unreadable": c.unreadable,
-    })
-}
-
 /// One event as JSON (`{"kmsg": {...}}`, `{"gap": ...}`, ...).
 pub fn event_json(ev: &vexfs_proto::Event) -> Value {
-    match &ev.kind {
-        Some(event::Kind::Kmsg(k)) => json!({"kmsg": {
-            "seq": k.seq, "level": k.level, "facility": k.facility, "ts_us": k.ts_us,
-            "caller": k.caller, "text": k.text, "continuation": k.continuation, "flags": k.flags,
-        }}),
-        Some(event::Kind::Gap(g)) => json!({"gap": {"from": g.from, "to": g.to}}),
-        Some(event::Kind::Counters(c)) => json!({ "counters": counters_json(c) }),
-        Some(event::Kind::HungTask(h)) => json!({ "hung_task": hung_json(h) }),
-        Some(event::Kind::Heartbeat(b)) => json!({"heartbeat": {
-            "last_seq": b.last_seq, "boot_id": b.boot_id, "uptime_ms": b.uptime_ms, "beat": b.beat,
-        }}),
-        None => json!({}),
-    }
+    json!(ev)
 }
 
 fn print_event(
@@ -527,6 +463,87 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(T::try_parse_from(["x", "--connect", "tcp:1", "health"]).is_err());
+    }
+
+    /// The JSON the derives give keeps the shapes the hand-written code had: events
+    /// keyed by kind, output bytes as text, enums by short name.
+    #[test]
+    fn proto_types_serialize_to_the_documented_json() {
+        use vexfs_proto::{ExecReply, Gap, HungSource, HungTask, KmsgRecord, Module};
+        let kmsg = vexfs_proto::Event {
+            kind: Some(event::Kind::Kmsg(KmsgRecord {
+                seq: 7,
+                level: 3,
+                text: "Oops: 0000 [#1]".into(),
+                ..Default::default()
+            })),
+        };
+        let v = event_json(&kmsg);
+        assert_eq!(v["kmsg"]["seq"], 7);
+        assert_eq!(v["kmsg"]["text"], "Oops: 0000 [#1]");
+        assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+        let gap = vexfs_proto::Event {
+            kind: Some(event::Kind::Gap(Gap { from: 3, to: 9 })),
+        };
+        assert_eq!(event_json(&gap), json!({"gap": {"from": 3, "to": 9}}));
+        assert_eq!(event_json(&vexfs_proto::Event { kind: None }), Value::Null);
+
+        let hung = HungTask {
+            pid: 42,
+            comm: "mount".into(),
+            source: HungSource::DstateScan as i32,
+            stack: vec!["vexfs_lock+0x1/0x2 [vexfs]".into()],
+            ..Default::default()
+        };
+        let reply = ExecReply {
+            exit_code: -1,
+            stdout: b"ok\n\xff".to_vec(),
+            stderr: vec![],
+            unkillable: Some(hung),
+            ..Default::default()
+        };
+        let v: Value = serde_json::to_value(&reply).unwrap();
+        assert_eq!(v["stdout"], "ok\n\u{fffd}");
+        assert_eq!(v["stderr"], "");
+        assert_eq!(v["exit_code"], -1);
+        assert_eq!(v["unkillable"]["source"], "dstate-scan");
+        assert_eq!(v["unkillable"]["stack"][0], "vexfs_lock+0x1/0x2 [vexfs]");
+
+        let m = ModuleReply {
+            outcome: ModuleOutcome::VerifyFailed as i32,
+            module: Some(Module {
+                name: "vexfs".into(),
+                holders: vec!["a".into()],
+                ..Default::default()
+            }),
+            duration_ms: 12,
+            detail: "still present".into(),
+        };
+        let mut out = Vec::new();
+        assert_eq!(module_result(&mut out, &m, true).unwrap(), EXIT_FAILURES);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["outcome"], "verify-failed");
+        assert_eq!(v["module"]["name"], "vexfs");
+        assert_eq!(v["module"]["holders"], json!(["a"]));
+        assert_eq!(v["duration_ms"], 12);
+        let mut text = Vec::new();
+        module_result(&mut text, &m, false).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "verify-failed in 12 ms [vexfs ]: still present\n"
+        );
+        let unknown = ModuleReply {
+            outcome: 99,
+            ..Default::default()
+        };
+        assert_eq!(json!(unknown)["outcome"], "unspecified");
+        let h = HealthReply {
+            kernel_release: "6.12.57+deb12-amd64".into(),
+            taint_names: vec!["O".into()],
+            ..Default::default()
+        };
+        assert_eq!(health_json(&h)["kernel_release"], "6.12.57+deb12-amd64");
+        assert_eq!(health_json(&h)["taint_names"], json!(["O"]));
     }
 
     #[test]
