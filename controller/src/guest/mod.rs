@@ -292,7 +292,7 @@ impl Guest {
         self.pending = None;
         match restart::restore_or_boot(&self.cfg, BOOT_TIMEOUT).await {
             Ok(s) => {
-                let detail = format!("{} in {:.2} s", s.from.describe(), s.elapsed.as_secs_f64());
+                let detail = s.describe();
                 self.boot_time = s.elapsed;
                 self.vm = Some(s.vm);
                 self.pending = Some((s.client, s.health));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use vexfs_proto::{ExecRequest, HealthReply};
 
-use super::snapshot::{self, Restored, SnapshotError};
+use super::snapshot::{self, RestoreTimings, Restored, SnapshotError};
 use super::{Accel, Vm, VmConfig, VmError, VsockSlot, resolve_accel};
 use crate::client::AgentClient;
 
@@ -45,6 +45,36 @@ pub struct Started {
     pub from: StartedFrom,
     /// From the call to agent healthy (including any snapshot taken on the way).
     pub elapsed: Duration,
+    /// Restores whose agent stayed silent before this one (or before the cold boot).
+    pub silent_retries: u32,
+    /// Phases of the restore that worked.
+    pub restore: Option<RestoreTimings>,
+}
+
+impl Started {
+    /// One line for a recovery timeline: how the guest started, in how long, and
+    /// where a restore's time went.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} in {:.2} s",
+            self.from.describe(),
+            self.elapsed.as_secs_f64()
+        );
+        if let Some(t) = &self.restore {
+            s.push_str(&format!(
+                " (state loaded {:.2} s, agent {:.2} s)",
+                t.loaded.as_secs_f64(),
+                t.healthy.as_secs_f64()
+            ));
+        }
+        if self.silent_retries > 0 {
+            s.push_str(&format!(
+                "; {} restore(s) with a silent agent before",
+                self.silent_retries
+            ));
+        }
+        s
+    }
 }
 
 /// Restores `cfg`'s snapshot (taking it when missing; a snapshot that fails to
@@ -57,9 +87,10 @@ pub async fn restore_or_boot(cfg: &VmConfig, timeout: Duration) -> Result<Starte
     let start = Instant::now();
     let accel = resolve_accel(cfg).await;
     if !snapshots_wanted(cfg) {
-        return cold_boot(cfg, accel, start, timeout, None).await;
+        return cold_boot(cfg, accel, start, timeout, None, 0).await;
     }
-    let fallback = match snapshot_restore(cfg, accel, timeout).await {
+    let mut retries = 0;
+    let fallback = match snapshot_restore(cfg, accel, timeout, &mut retries).await {
         Ok((r, taken_now)) => match drop_disk_caches(cfg, &r.client).await {
             Ok(()) => {
                 return Ok(Started {
@@ -71,6 +102,8 @@ pub async fn restore_or_boot(cfg: &VmConfig, timeout: Duration) -> Result<Starte
                         taken_now,
                     },
                     elapsed: start.elapsed(),
+                    silent_retries: retries,
+                    restore: Some(r.timings),
                 });
             }
             Err(e) => {
@@ -81,7 +114,7 @@ pub async fn restore_or_boot(cfg: &VmConfig, timeout: Duration) -> Result<Starte
         Err(e) => e.to_string(),
     };
     tracing::warn!(error = %fallback, "snapshot restore failed; cold booting");
-    cold_boot(cfg, accel, start, timeout, Some(fallback)).await
+    cold_boot(cfg, accel, start, timeout, Some(fallback), retries).await
 }
 
 /// Whether `cfg` asks for snapshot restores: its vsock device sits on the PCIe root
@@ -115,6 +148,7 @@ async fn cold_boot(
     start: Instant,
     timeout: Duration,
     fallback: Option<String>,
+    silent_retries: u32,
 ) -> Result<Started, VmError> {
     let vm = Vm::launch_with(cfg, accel).await?;
     let left = timeout.saturating_sub(start.elapsed());
@@ -125,6 +159,8 @@ async fn cold_boot(
         health,
         from: StartedFrom::ColdBoot { fallback },
         elapsed: start.elapsed(),
+        silent_retries,
+        restore: None,
     })
 }
 
@@ -154,11 +190,13 @@ impl StartedFrom {
 }
 
 /// Restores the snapshot of `cfg`, taking it first when there is none; removes one
-/// that does not restore. Returns whether it was taken now.
+/// that does not restore. Returns whether it was taken now; `silent_count` counts the
+/// restores whose agent never answered.
 pub async fn snapshot_restore(
     cfg: &VmConfig,
     accel: Accel,
     timeout: Duration,
+    silent_count: &mut u32,
 ) -> Result<(Restored, bool), SnapshotError> {
     let root = snapshot::store_root(cfg);
     let key = snapshot::snapshot_key(cfg, accel)?;
@@ -173,6 +211,7 @@ pub async fn snapshot_restore(
             // The transport wedged, not the snapshot: keep it and try again.
             Err(e @ SnapshotError::AgentSilent(_)) => {
                 tracing::warn!(error = %e, "restored agent silent; restoring again");
+                *silent_count += 1;
                 silent = Some(e);
             }
             Err(e) => {
