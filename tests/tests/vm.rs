@@ -18,10 +18,14 @@ mod forensics;
 mod recovery;
 #[path = "vm/reliability.rs"]
 mod reliability;
+#[path = "vm/restore.rs"]
+mod restore;
 #[path = "vm/runner.rs"]
 mod runner;
 #[path = "vm/snapshot.rs"]
 mod snapshot;
+#[path = "vm/soak.rs"]
+mod soak;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

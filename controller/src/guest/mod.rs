@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 pub(crate) mod fake;
+mod fresh;
 mod leaks;
 mod recover;
 #[cfg(test)]
@@ -17,8 +18,10 @@ use crate::client::{AgentClient, ClientError};
 use crate::recovery::{Action, Outcome};
 use crate::store;
 use crate::supervisor::{Watch, WatchOptions};
+use crate::vm::restart::{self, StartedFrom};
 use crate::vm::{Vm, VmConfig, VmError};
 
+pub use fresh::{Judged, judge_restart};
 pub use leaks::leak_check;
 pub use recover::{
     Assessment, CrashContext, GuestActions, Handled, Performed, handle_crash, kernel_died,
@@ -85,29 +88,34 @@ pub struct Guest {
     pub boot_time: Duration,
     /// Counters sampled before the current test: what `check_leaks` compares with.
     baseline: Option<Counters>,
+    /// The agent of a guest that `relaunch` restored or booted, for `verify_clean_boot`.
+    pending: Option<(AgentClient, HealthReply)>,
+    /// How the running guest started: restored from the snapshot or cold booted.
+    pub started_from: StartedFrom,
 }
 
 impl Guest {
-    /// Launches a VM and waits for its agent.
+    /// Starts a guest and waits for its agent: restored from the configuration's
+    /// snapshot (taken on first use) when `cfg` asks for snapshots, else cold booted.
     pub async fn boot(
         cfg: VmConfig,
         module: ModuleSpec,
         opts: WatchOptions,
     ) -> Result<Guest, GuestError> {
-        let started = Instant::now();
-        let vm = Vm::launch(&cfg).await?;
-        let (client, health) = vm.wait_for_agent(BOOT_TIMEOUT).await?;
-        let watch = Watch::start(&vm, &health.boot_id, health.agent_pid, opts.clone());
+        let s = restart::restore_or_boot(&cfg, BOOT_TIMEOUT).await?;
+        let watch = Watch::start(&s.vm, &s.health.boot_id, s.health.agent_pid, opts.clone());
         Ok(Guest {
             cfg,
             module,
-            vm: Some(vm),
-            client,
-            health,
+            vm: Some(s.vm),
+            client: s.client,
+            health: s.health,
             watch,
             opts,
-            boot_time: started.elapsed(),
+            boot_time: s.elapsed,
             baseline: None,
+            pending: None,
+            started_from: s.from,
         })
     }
 
@@ -273,48 +281,63 @@ impl Guest {
         }
     }
 
-    /// Kills QEMU and boots a fresh VM from the same configuration.
-    async fn relaunch(&mut self) -> Outcome {
+    /// Kills QEMU and starts a fresh guest from the same configuration: restored from
+    /// the snapshot when it can be (a restored guest with disks has their cached blocks
+    /// dropped), else cold booted. The detail says which and why it fell back; the
+    /// agent is kept for `verify_clean_boot`.
+    async fn relaunch(&mut self) -> Performed {
         if let Some(vm) = self.vm.take() {
             vm.kill();
         }
-        match Vm::launch(&self.cfg).await {
-            Ok(vm) => {
-                self.vm = Some(vm);
-                Outcome::Succeeded
+        self.pending = None;
+        match restart::restore_or_boot(&self.cfg, BOOT_TIMEOUT).await {
+            Ok(s) => {
+                let detail = s.describe();
+                self.boot_time = s.elapsed;
+                self.vm = Some(s.vm);
+                self.pending = Some((s.client, s.health));
+                self.started_from = s.from;
+                Performed::new(Outcome::Succeeded, detail)
             }
             Err(e) => {
                 tracing::warn!("relaunch failed: {e}");
-                Outcome::Failed
+                Performed::new(Outcome::Failed, e.to_string())
             }
         }
     }
 
-    /// Waits for the agent of a new boot: healthy, a new boot id, a clean kernel.
-    async fn verify_clean_boot(&mut self, old_boot: &str) -> Result<(), GuestError> {
+    /// Waits for the agent of a new guest: healthy, fresh (a new restore generation, or
+    /// a new boot id: [`restart::fresh_state`]) and a clean kernel.
+    async fn verify_clean_boot(&mut self, old: &HealthReply) -> Result<(), GuestError> {
         let vm = self
             .vm
             .as_ref()
             .ok_or_else(|| GuestError::Unclean("no VM".into()))?;
         let started = Instant::now();
         loop {
-            let left = VERIFY_TIMEOUT.saturating_sub(started.elapsed());
-            let (client, health) = vm.wait_for_agent(left).await?;
-            if health.boot_id == old_boot {
-                if started.elapsed() > VERIFY_TIMEOUT {
-                    return Err(GuestError::Unclean("boot id did not change".into()));
+            // A relaunch measured its own start; after a system reset the wait is it.
+            let (measured, (client, health)) = match self.pending.take() {
+                Some(ready) => (true, ready),
+                None => {
+                    let left = VERIFY_TIMEOUT.saturating_sub(started.elapsed());
+                    (false, vm.wait_for_agent(left).await?)
                 }
-                // The old agent still answers while the reset takes effect.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+            };
+            match judge_restart(old, &health) {
+                Judged::Stale(why) => {
+                    if started.elapsed() > VERIFY_TIMEOUT {
+                        return Err(GuestError::Unclean(why));
+                    }
+                    // The old agent still answers while the reset takes effect.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Judged::Unclean(why) => return Err(GuestError::Unclean(why)),
+                Judged::Fresh(_) => {}
             }
-            if vexfs_proto::Taint(health.taint_mask).dirty() {
-                return Err(GuestError::Unclean(format!(
-                    "kernel tainted {}",
-                    health.taint_flags
-                )));
+            if !measured {
+                self.boot_time = started.elapsed();
             }
-            self.boot_time = started.elapsed();
             self.watch = Watch::start(vm, &health.boot_id, health.agent_pid, self.opts.clone());
             self.client = client;
             self.health = health;
@@ -417,17 +440,13 @@ impl GuestActions for Guest {
                 }
             }
             Action::SystemReset => self.system_reset().await.into(),
-            Action::RelaunchVm => self.relaunch().await.into(),
+            Action::RelaunchVm => self.relaunch().await,
             Action::VerifyCleanBoot => {
-                let old = self.health.boot_id.clone();
+                let old = self.health.clone();
                 match self.verify_clean_boot(&old).await {
                     Ok(()) => Performed::new(
                         Outcome::Succeeded,
-                        format!(
-                            "boot {} in {:.1} s",
-                            self.health.boot_id,
-                            self.boot_time.as_secs_f64()
-                        ),
+                        fresh::verified_detail(&old, &self.health, self.boot_time),
                     ),
                     Err(e) => Performed::new(Outcome::Failed, e.to_string()),
                 }

@@ -33,6 +33,10 @@ pub struct GuestConfig {
     /// When tests get a brand-new VM (restored from the booted snapshot).
     #[serde(default)]
     pub fresh_vm: FreshVm,
+    /// Restart guests from a booted snapshot (`true`, the default) or always cold
+    /// boot them (`false`).
+    #[serde(default = "default_snapshot")]
+    pub snapshot: bool,
 }
 
 /// When tests get a brand-new VM.
@@ -55,6 +59,9 @@ pub(super) fn default_cpus() -> u32 {
 pub(super) fn default_silence() -> u64 {
     10
 }
+pub(super) fn default_snapshot() -> bool {
+    true
+}
 
 impl Default for GuestConfig {
     fn default() -> Self {
@@ -67,6 +74,7 @@ impl Default for GuestConfig {
             kernel_modules: Vec::new(),
             disks: Vec::new(),
             fresh_vm: FreshVm::default(),
+            snapshot: default_snapshot(),
         }
     }
 }
@@ -192,5 +200,22 @@ impl TryFrom<RawDisk> for DiskSpec {
             size_mib: r.size_mib,
             image: r.image,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_default_on_and_can_be_turned_off() {
+        let test = "[[test]]\nname = \"a\"\nsteps = [\"load\"]\n";
+        let p = parse(&format!("name = \"x\"\n{test}"), "p.toml").unwrap();
+        assert!(p.guest.snapshot);
+        let text = format!("name = \"x\"\n[guest]\nsnapshot = false\n{test}");
+        assert!(!parse(&text, "p.toml").unwrap().guest.snapshot);
+        let text = format!("name = \"x\"\n[guest]\nsnapshot = \"no\"\n{test}");
+        let e = parse(&text, "p.toml").unwrap_err();
+        assert!(matches!(e, Error::Parse { line: 3, .. }), "{e}");
     }
 }

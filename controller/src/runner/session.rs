@@ -55,6 +55,11 @@ pub(super) async fn run_kernel(
     vm_cfg.memory_mib = plan.guest.memory_mib;
     vm_cfg.cpus = plan.guest.cpus;
     vm_cfg.extra_cmdline = plan.guest.cmdline.clone();
+    // The root-port layout is what a snapshot is taken and restored with; the plain
+    // one means every start is a cold boot.
+    if plan.guest.snapshot {
+        vm_cfg.vsock_slot = crate::vm::VsockSlot::RootPort;
+    }
     let module = ModuleSpec {
         name: plan.module.name.clone(),
         path: plan.module.path.clone(),
@@ -93,8 +98,9 @@ pub(super) async fn run_kernel(
     say(
         progress,
         &format!(
-            "{tag} agent healthy after {:.1} s",
-            boot.elapsed().as_secs_f64()
+            "{tag} agent healthy after {:.1} s ({})",
+            boot.elapsed().as_secs_f64(),
+            guest.started_from.describe()
         ),
     );
     // The module under test is loaded on every boot, as the ladder does after a
@@ -109,6 +115,7 @@ pub(super) async fn run_kernel(
     let mut crash_counts: HashMap<String, u32> = HashMap::new();
     let mut aborted: Option<String> = None;
     let total = tests.len();
+    let mut guest_used = false;
     for (i, &ti) in tests.iter().enumerate() {
         let test = &plan.tests[ti];
         let test_id = match store.test_id(run_id, &m.kernel_release, &test.name) {
@@ -154,12 +161,29 @@ pub(super) async fn run_kernel(
             aborted = Some(why);
             continue;
         }
+        // fresh_vm = "per_test": every test after the first gets a brand-new guest.
+        if plan.guest.fresh_vm == crate::plan::FreshVm::PerTest && guest_used {
+            let t = Instant::now();
+            match guest.fresh_start().await {
+                Ok(how) => say(progress, &format!("{tag} fresh guest: {how}")),
+                Err(e) => {
+                    let why = format!("no fresh guest for {}: {e}", test.name);
+                    let _ = store.set_test_status(test_id, "error", &why);
+                    kr.tests.push(error_result(test, &why));
+                    kr.harness_error = Some(why.clone());
+                    aborted = Some(why);
+                    continue;
+                }
+            }
+            kr.time_boot_ms += ms(t.elapsed());
+        }
         let crashes = crash_counts.entry(test.name.clone()).or_default();
         let TestRun {
             result,
             recovery_ms,
             mut abort,
         } = run_test(&mut guest, &mut store, test, ctx, crashes, plan).await;
+        guest_used = true;
         kr.time_recovery_ms += recovery_ms;
         kr.time_tests_ms += result.duration_ms.saturating_sub(recovery_ms);
         let status = result.status.as_str();

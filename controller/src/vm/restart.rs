@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use vexfs_proto::{ExecRequest, HealthReply};
 
-use super::snapshot::{self, Restored, SnapshotError};
-use super::{Accel, Vm, VmConfig, VmError, resolve_accel};
+use super::snapshot::{self, RestoreTimings, Restored, SnapshotError};
+use super::{Accel, Vm, VmConfig, VmError, VsockSlot, resolve_accel};
 use crate::client::AgentClient;
 
 /// Restores tried before a silent agent makes it a cold boot.
@@ -45,33 +45,111 @@ pub struct Started {
     pub from: StartedFrom,
     /// From the call to agent healthy (including any snapshot taken on the way).
     pub elapsed: Duration,
+    /// Restores whose agent stayed silent before this one (or before the cold boot).
+    pub silent_retries: u32,
+    /// Phases of the restore that worked.
+    pub restore: Option<RestoreTimings>,
+}
+
+impl Started {
+    /// One line for a recovery timeline: how the guest started, in how long, and
+    /// where a restore's time went.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} in {:.2} s",
+            self.from.describe(),
+            self.elapsed.as_secs_f64()
+        );
+        if let Some(t) = &self.restore {
+            s.push_str(&format!(
+                " (state loaded {:.2} s, agent {:.2} s)",
+                t.loaded.as_secs_f64(),
+                t.healthy.as_secs_f64()
+            ));
+        }
+        if self.silent_retries > 0 {
+            s.push_str(&format!(
+                "; {} restore(s) with a silent agent before",
+                self.silent_retries
+            ));
+        }
+        s
+    }
 }
 
 /// Restores `cfg`'s snapshot (taking it when missing; a snapshot that fails to
 /// restore is removed, so the next call rebuilds it) or, when that fails, cold boots
 /// `cfg`; either way waits up to `timeout` for the agent. Only a failed cold boot is
-/// an error.
+/// an error. A `cfg` without the root-port layout ([`snapshots_wanted`]) cold boots
+/// with no fallback reason. A restored guest with disks has their cached blocks
+/// dropped before it is returned (the disk files may be newer than the snapshot).
 pub async fn restore_or_boot(cfg: &VmConfig, timeout: Duration) -> Result<Started, VmError> {
     let start = Instant::now();
     let accel = resolve_accel(cfg).await;
-    let fallback = match snapshot_restore(cfg, accel, timeout).await {
-        Ok((r, taken_now)) => {
-            return Ok(Started {
-                vm: r.vm,
-                client: r.client,
-                health: r.health,
-                from: StartedFrom::Snapshot {
-                    generation: r.generation,
-                    taken_now,
-                },
-                elapsed: start.elapsed(),
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "snapshot restore failed; cold booting");
-            e.to_string()
-        }
+    if !snapshots_wanted(cfg) {
+        return cold_boot(cfg, accel, start, timeout, None, 0).await;
+    }
+    let mut retries = 0;
+    let fallback = match snapshot_restore(cfg, accel, timeout, &mut retries).await {
+        Ok((r, taken_now)) => match drop_disk_caches(cfg, &r.client).await {
+            Ok(()) => {
+                return Ok(Started {
+                    vm: r.vm,
+                    client: r.client,
+                    health: r.health,
+                    from: StartedFrom::Snapshot {
+                        generation: r.generation,
+                        taken_now,
+                    },
+                    elapsed: start.elapsed(),
+                    silent_retries: retries,
+                    restore: Some(r.timings),
+                });
+            }
+            Err(e) => {
+                r.vm.kill();
+                format!("restored guest unusable: {e}")
+            }
+        },
+        Err(e) => e.to_string(),
     };
+    tracing::warn!(error = %fallback, "snapshot restore failed; cold booting");
+    cold_boot(cfg, accel, start, timeout, Some(fallback), retries).await
+}
+
+/// Whether `cfg` asks for snapshot restores: its vsock device sits on the PCIe root
+/// port ([`VsockSlot::RootPort`]), the layout a snapshot is taken and restored with.
+pub fn snapshots_wanted(cfg: &VmConfig) -> bool {
+    cfg.vsock_slot == VsockSlot::RootPort
+}
+
+/// The guest paths of `cfg`'s disks (the agent links each by its name).
+pub fn disk_devices(cfg: &VmConfig) -> Vec<String> {
+    cfg.disks
+        .iter()
+        .map(|d| format!("/dev/disk/by-name/{}", d.name))
+        .collect()
+}
+
+/// Drops what the restored guest cached of `cfg`'s disks; nothing to do without disks.
+async fn drop_disk_caches(cfg: &VmConfig, client: &AgentClient) -> Result<(), VmError> {
+    let devices = disk_devices(cfg);
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    drop_block_caches(client, &refs).await
+}
+
+/// Boots `cfg` and waits for its agent within what is left of `timeout`.
+async fn cold_boot(
+    cfg: &VmConfig,
+    accel: Accel,
+    start: Instant,
+    timeout: Duration,
+    fallback: Option<String>,
+    silent_retries: u32,
+) -> Result<Started, VmError> {
     let vm = Vm::launch_with(cfg, accel).await?;
     let left = timeout.saturating_sub(start.elapsed());
     let (client, health) = vm.wait_for_agent(left).await?;
@@ -79,19 +157,46 @@ pub async fn restore_or_boot(cfg: &VmConfig, timeout: Duration) -> Result<Starte
         vm,
         client,
         health,
-        from: StartedFrom::ColdBoot {
-            fallback: Some(fallback),
-        },
+        from: StartedFrom::ColdBoot { fallback },
         elapsed: start.elapsed(),
+        silent_retries,
+        restore: None,
     })
 }
 
+impl StartedFrom {
+    /// Whether the guest came from the snapshot.
+    pub fn restored(&self) -> bool {
+        matches!(self, StartedFrom::Snapshot { .. })
+    }
+
+    /// One line for a recovery timeline: restored or cold booted, and why.
+    pub fn describe(&self) -> String {
+        match self {
+            StartedFrom::Snapshot {
+                generation,
+                taken_now: false,
+            } => format!("restored from snapshot (generation {generation})"),
+            StartedFrom::Snapshot {
+                generation,
+                taken_now: true,
+            } => format!("snapshot taken, then restored (generation {generation})"),
+            StartedFrom::ColdBoot { fallback: None } => "cold boot (snapshots off)".into(),
+            StartedFrom::ColdBoot {
+                fallback: Some(why),
+            } => format!("cold boot, snapshot not used: {why}"),
+        }
+    }
+}
+
 /// Restores the snapshot of `cfg`, taking it first when there is none; removes one
-/// that does not restore. Returns whether it was taken now.
+/// that does not restore. Returns whether it was taken now; `silent_count` counts the
+/// restores whose agent never answered.
 pub async fn snapshot_restore(
     cfg: &VmConfig,
     accel: Accel,
     timeout: Duration,
+    silent_count: &mut u32,
 ) -> Result<(Restored, bool), SnapshotError> {
     let root = snapshot::store_root(cfg);
     let key = snapshot::snapshot_key(cfg, accel)?;
@@ -106,6 +211,7 @@ pub async fn snapshot_restore(
             // The transport wedged, not the snapshot: keep it and try again.
             Err(e @ SnapshotError::AgentSilent(_)) => {
                 tracing::warn!(error = %e, "restored agent silent; restoring again");
+                *silent_count += 1;
                 silent = Some(e);
             }
             Err(e) => {
@@ -220,6 +326,48 @@ mod tests {
             fresh_state(&health("s", 7), &health("c", 0)),
             Ok(Freshness::NewBoot)
         );
+    }
+
+    #[test]
+    fn timeline_says_restored_or_why_not() {
+        let r = StartedFrom::Snapshot {
+            generation: 5,
+            taken_now: false,
+        };
+        assert!(r.restored());
+        assert_eq!(r.describe(), "restored from snapshot (generation 5)");
+        let t = StartedFrom::Snapshot {
+            generation: 6,
+            taken_now: true,
+        };
+        assert!(t.describe().contains("snapshot taken"));
+        let off = StartedFrom::ColdBoot { fallback: None };
+        assert!(!off.restored());
+        assert_eq!(off.describe(), "cold boot (snapshots off)");
+        let fell = StartedFrom::ColdBoot {
+            fallback: Some("restore failed: state corrupt".into()),
+        };
+        assert_eq!(
+            fell.describe(),
+            "cold boot, snapshot not used: restore failed: state corrupt"
+        );
+    }
+
+    #[test]
+    fn snapshots_follow_the_root_port_and_disks_are_by_name() {
+        let mut c = VmConfig::new("/k", "");
+        assert!(
+            !snapshots_wanted(&c),
+            "the plain layout cannot be snapshotted"
+        );
+        c.vsock_slot = VsockSlot::RootPort;
+        assert!(snapshots_wanted(&c));
+        assert!(disk_devices(&c).is_empty());
+        c.disks = vec![super::super::disks::Disk {
+            name: "data".into(),
+            path: "/run/x/t1/data.img".into(),
+        }];
+        assert_eq!(disk_devices(&c), ["/dev/disk/by-name/data"]);
     }
 
     #[test]

@@ -211,11 +211,15 @@ fn binary_identity(program: &Path) -> String {
 }
 
 /// The QEMU arguments of `cfg`'s snapshot source with per-VM paths fixed, so every
-/// VM of the same configuration gets the same key.
+/// VM of the same configuration gets the same key. Disk files are fresh per test, so a
+/// disk counts by its name (and, in [`snapshot_key`], size), not by its file's path.
 pub fn key_argv(cfg: &VmConfig, accel: Accel) -> Vec<String> {
     let run = Path::new("/run/vexfs-snapshot");
     let mut c = cfg.clone();
     c.vsock_slot = VsockSlot::RootPort;
+    for d in &mut c.disks {
+        d.path = run.join("disks").join(format!("{}.img", d.name));
+    }
     let plan = c.vsock.resolve(run, c.guest_cid);
     qemu::build_argv(&c, accel, &plan, &run.join("qmp.sock"))
         .iter()
@@ -231,10 +235,11 @@ pub fn snapshot_key(cfg: &VmConfig, accel: Accel) -> Result<SnapshotKey, Snapsho
     }
     let image_hash = fnv1a(image.as_bytes());
     let all = format!(
-        "{image}|{}|{}|{}",
+        "{image}|{}|{}|{}|{}",
         binary_identity(&cfg.qemu_binary),
         accel.as_str(),
-        key_argv(cfg, accel).join("\u{1f}")
+        key_argv(cfg, accel).join("\u{1f}"),
+        disk_sizes(cfg)?
     );
     let name: String = cfg
         .name
@@ -252,6 +257,18 @@ pub fn snapshot_key(cfg: &VmConfig, accel: Accel) -> Result<SnapshotKey, Snapsho
         image: image_hash,
         full: fnv1a(all.as_bytes()),
     })
+}
+
+/// The disks' names and sizes (all raw), the part of a disk a snapshot depends on: the
+/// guest's block layer saw that size when the snapshot was taken.
+fn disk_sizes(cfg: &VmConfig) -> Result<String, SnapshotError> {
+    let mut out = String::new();
+    for d in &cfg.disks {
+        let m =
+            std::fs::metadata(&d.path).map_err(io(format!("stat disk {}", d.path.display())))?;
+        out.push_str(&format!("{}={}:raw;", d.name, m.len()));
+    }
+    Ok(out)
 }
 
 /// The snapshot folder root of a configuration: `<cache>/snapshots`.
@@ -615,6 +632,39 @@ mod tests {
         let missing = VmConfig::new("/nonexistent/kernel", "");
         assert!(matches!(
             snapshot_key(&missing, Accel::Tcg),
+            Err(SnapshotError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn disks_count_by_name_and_size_not_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = image_config(dir.path());
+        let disk = |test: &str, len: u64| {
+            let path = dir.path().join(format!("{test}-data.img"));
+            std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+            super::super::disks::Disk {
+                name: "data".into(),
+                path,
+            }
+        };
+        let bare = snapshot_key(&c, Accel::Tcg).unwrap();
+        c.disks = vec![disk("t1", 1 << 20)];
+        let k1 = snapshot_key(&c, Accel::Tcg).unwrap();
+        assert_ne!(bare.full, k1.full, "a disk is in the key");
+        c.disks = vec![disk("t2", 1 << 20)];
+        assert_eq!(
+            k1,
+            snapshot_key(&c, Accel::Tcg).unwrap(),
+            "another test's file"
+        );
+        c.disks = vec![disk("t3", 2 << 20)];
+        assert_ne!(k1.full, snapshot_key(&c, Accel::Tcg).unwrap().full, "size");
+        c.disks[0].name = "other".into();
+        assert_ne!(k1.full, snapshot_key(&c, Accel::Tcg).unwrap().full, "name");
+        c.disks[0].path = dir.path().join("missing.img");
+        assert!(matches!(
+            snapshot_key(&c, Accel::Tcg),
             Err(SnapshotError::Io { .. })
         ));
     }

@@ -104,6 +104,7 @@ fn random_plan(rng: &mut Rng) -> Plan {
             kernel_modules: Vec::new(),
             disks: Vec::new(),
             fresh_vm: *rng.pick(&[FreshVm::OnCrash, FreshVm::PerTest]),
+            snapshot: *rng.pick(&[true, false]),
         },
         isolate_after: rng.number() as u32,
         tests,

@@ -24,7 +24,7 @@ pub(crate) struct Bench {
     _dir: tempfile::TempDir,
 }
 
-fn module(m: &Manifest) -> ModuleSpec {
+pub(crate) fn module(m: &Manifest) -> ModuleSpec {
     ModuleSpec {
         name: m.module_name.clone(),
         path: m.module_path_in_guest.clone(),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vexfs_controller::vm::restart::{self, Freshness, StartedFrom};
 use vexfs_controller::vm::snapshot::{self, SnapshotError};
-use vexfs_controller::vm::{Vm, VmConfig, resolve_accel};
+use vexfs_controller::vm::{Vm, VmConfig, VsockSlot, resolve_accel};
 use vexfs_proto::{ExecRequest, LoadModuleRequest, ModuleOutcome};
 
 use super::{AGENT_TIMEOUT, assert_no_orphans, config, manifest, rt, serial};
@@ -16,6 +16,8 @@ fn private_config(dir: &Path) -> VmConfig {
     let mut cfg = config(&manifest(None));
     cfg.cache_dir = Some(dir.join("cache"));
     cfg.run_parent = Some(dir.join("runs"));
+    // The layout that asks restore_or_boot for snapshots (as the runner sets it).
+    cfg.vsock_slot = VsockSlot::RootPort;
     cfg
 }
 
