@@ -207,6 +207,47 @@ pub fn image_module_ko(images_dir: &Path, kernel: &str, module: &str) -> Option<
     path.is_file().then_some(path)
 }
 
+/// Of the vmcores `have` (crash id, path), those past the newest `keep` by crash id,
+/// oldest first.
+pub fn vmcores_to_drop(mut have: Vec<(i64, PathBuf)>, keep: usize) -> Vec<PathBuf> {
+    have.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    let mut drop: Vec<PathBuf> = have.into_iter().skip(keep).map(|(_, p)| p).collect();
+    drop.reverse();
+    drop
+}
+
+/// Deletes the vmcores of the database at `db_path` past the newest `keep` (they are
+/// the large files; every other artifact stays) and returns what it deleted.
+pub fn prune_vmcores(db_path: &Path, keep: u32) -> Result<Vec<PathBuf>, ArtifactError> {
+    let root = dir(db_path, 0);
+    let root = root.parent().unwrap_or(&root);
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(root)(e)),
+    };
+    let mut have = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(root))?;
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let core = entry.path().join(crate::vm::dump::VMCORE);
+        if core.is_file() {
+            have.push((id, core));
+        }
+    }
+    let drop = vmcores_to_drop(have, usize::try_from(keep).unwrap_or(usize::MAX));
+    for p in &drop {
+        std::fs::remove_file(p).map_err(io(p))?;
+    }
+    Ok(drop)
+}
+
 /// Source lines and artifact links for every crash of `r` recorded in the database at
 /// `db_path`, for [`crate::report::html::html_with`]. Links are relative to `html_dir`
 /// when the artifacts are below it, else absolute.
@@ -289,6 +330,30 @@ mod tests {
             module_ko(&db, 7, "no-such-kernel", "vexfs"),
             Some(got[3].path.clone())
         );
+    }
+
+    #[test]
+    fn only_the_newest_vmcores_are_kept() {
+        let p = |n: &str| PathBuf::from(n);
+        assert_eq!(
+            vmcores_to_drop(vec![(3, p("c")), (1, p("a")), (10, p("j")), (2, p("b"))], 2),
+            [p("a"), p("b")]
+        );
+        assert!(vmcores_to_drop(vec![(1, p("a"))], 3).is_empty());
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("crashes.db");
+        assert!(prune_vmcores(&db, 1).unwrap().is_empty());
+        for id in [2, 9, 11] {
+            put(&dir(&db, id), crate::vm::dump::VMCORE, b"core").unwrap();
+            put(&dir(&db, id), REPORT, b"report").unwrap();
+        }
+        std::fs::create_dir_all(tmp.path().join("artifacts/not-a-crash")).unwrap();
+        let gone = prune_vmcores(&db, 1).unwrap();
+        assert_eq!(gone.len(), 2);
+        assert!(dir(&db, 11).join(crate::vm::dump::VMCORE).is_file());
+        assert!(!dir(&db, 9).join(crate::vm::dump::VMCORE).exists());
+        // The reports stay.
+        assert!(dir(&db, 2).join(REPORT).is_file());
     }
 
     #[test]

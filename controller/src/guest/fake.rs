@@ -2,9 +2,12 @@
 //! advance (default: success), and every action performed is remembered.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::time::Duration;
 
 use super::{Assessment, GuestActions, Performed};
 use crate::recovery::{Action, Outcome};
+use crate::vm::dump::{Dump, DumpError, DumpFormat, DumpLimits};
 
 /// A guest whose actions answer from a script.
 #[derive(Debug)]
@@ -17,6 +20,8 @@ pub(crate) struct FakeGuest {
     pub(crate) performed: Vec<&'static str>,
     /// `acknowledge` was called.
     pub(crate) acknowledged: bool,
+    /// `dump_memory` fails with this (QEMU's words), else writes a small vmcore.
+    pub(crate) dump_fails: Option<String>,
 }
 
 impl FakeGuest {
@@ -33,6 +38,7 @@ impl FakeGuest {
             script: HashMap::new(),
             performed: Vec::new(),
             acknowledged: false,
+            dump_fails: None,
         }
     }
 
@@ -77,5 +83,29 @@ impl GuestActions for FakeGuest {
 
     fn acknowledge(&mut self) {
         self.acknowledged = true;
+    }
+
+    async fn dump_memory(&mut self, dir: &Path, _limits: DumpLimits) -> Result<Dump, DumpError> {
+        self.performed.push(super::DUMP_STEP);
+        if let Some(desc) = &self.dump_fails {
+            return Err(DumpError::Qmp(crate::vm::qmp::QmpError::Command {
+                command: "dump-guest-memory".into(),
+                class: "GenericError".into(),
+                desc: desc.clone(),
+            }));
+        }
+        let path = dir.join(crate::vm::dump::VMCORE);
+        let io = |source| DumpError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::write(&path, b"KDUMP   fake").map_err(io)?;
+        Ok(Dump {
+            path,
+            format: DumpFormat::KdumpZlib,
+            bytes: 12,
+            duration: Duration::from_millis(1),
+        })
     }
 }

@@ -24,6 +24,9 @@ use crate::vm::{Vm, VmConfig, VmError};
 pub use fresh::{Judged, judge_restart};
 pub use leaks::leak_check;
 pub use recover::{
+    ARTIFACTS_STEP, DUMP_STEP, DumpPoint, DumpStep, Keep, dump_point, handle_crash_keeping,
+};
+pub use recover::{
     Assessment, CrashContext, GuestActions, Handled, Performed, handle_crash, kernel_died,
 };
 
@@ -456,6 +459,18 @@ impl GuestActions for Guest {
 
     fn acknowledge(&mut self) {
         self.watch.acknowledge();
+    }
+
+    async fn dump_memory(
+        &mut self,
+        dir: &std::path::Path,
+        limits: crate::vm::dump::DumpLimits,
+    ) -> Result<crate::vm::dump::Dump, crate::vm::dump::DumpError> {
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| crate::vm::dump::DumpError::NoVm("no VM".into()))?;
+        crate::vm::dump::capture(vm.qmp(), dir, self.cfg.memory_mib, limits).await
     }
 }
 

@@ -2,12 +2,16 @@
 //! anything else, then drive the recovery ladder against a guest, recording every
 //! action as it ends. The guest is a trait, so this is unit tested with a scripted one.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::artifacts::{self, Artifact};
 use crate::classify::Category;
 use crate::incident::Incident;
+use crate::plan::{DumpOn, ForensicsConfig};
 use crate::recovery::{Action, Fate, Ladder, Level, Outcome, Policy, Situation, Step};
 use crate::store::{self, NewAttempt, Store};
+use crate::vm::dump::{Dump, DumpError, DumpLimits};
 
 use super::GuestError;
 
@@ -67,6 +71,8 @@ pub trait GuestActions {
     async fn perform(&mut self, action: &Action) -> Performed;
     /// Accepts the current state as the new normal after a recovery that kept the guest.
     fn acknowledge(&mut self);
+    /// Dumps the guest's memory into `dir` (a vmcore), within `limits`.
+    async fn dump_memory(&mut self, dir: &Path, limits: DumpLimits) -> Result<Dump, DumpError>;
 }
 
 /// Where a crash happened, for the database.
@@ -99,6 +105,67 @@ pub struct Handled {
     pub record_latency: Duration,
     /// The crash's report, excerpt and forensics read back intact.
     pub intact: bool,
+    /// The vmcore step, when one was taken or tried.
+    pub dump: Option<DumpStep>,
+    /// The crash's artifacts folder as written after the ladder (empty without a
+    /// [`Keep`]).
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Where a crash's artifacts go and which crashes get a vmcore.
+#[derive(Debug, Clone)]
+pub struct Keep {
+    /// The crash database file: the artifacts folders sit beside it.
+    pub db_path: PathBuf,
+    /// The plan's vmcore settings.
+    pub forensics: ForensicsConfig,
+    /// The unstripped module the guest ran, copied into the folder and used for source
+    /// lines (none: the cached image's, when there is one).
+    pub module_ko: Option<PathBuf>,
+}
+
+/// Attempt-row name of the vmcore step in the recovery timeline.
+pub const DUMP_STEP: &str = "dump_vmcore";
+/// Attempt-row name of writing the artifacts folder.
+pub const ARTIFACTS_STEP: &str = "write_artifacts";
+
+/// What the vmcore step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpStep {
+    /// Ladder level it ran at.
+    pub level: Level,
+    /// How it went.
+    pub outcome: Outcome,
+    /// The dump, when it worked.
+    pub dump: Option<Dump>,
+    /// Size and format, or why it failed.
+    pub detail: String,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// When in the ladder a vmcore is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpPoint {
+    /// Before the first action (an oops: before anything unloads or resets).
+    First,
+    /// Before the first reset or relaunch (a panic, a hang: after the forensics).
+    BeforeReset,
+}
+
+/// When a crash of `category` gets its vmcore under `cfg`, if at all.
+pub fn dump_point(category: Category, cfg: &ForensicsConfig) -> Option<DumpPoint> {
+    if !cfg.dumps(category) {
+        return None;
+    }
+    match DumpOn::of(category)? {
+        DumpOn::Oops => Some(DumpPoint::First),
+        DumpOn::Panic | DumpOn::Hang => Some(DumpPoint::BeforeReset),
+    }
+}
+
+fn due(point: DumpPoint, action: &Action) -> bool {
+    point == DumpPoint::First || matches!(action, Action::SystemReset | Action::RelaunchVm)
 }
 
 impl Handled {
@@ -135,6 +202,20 @@ pub async fn handle_crash<G: GuestActions>(
     ctx: &CrashContext,
     policy: Policy,
 ) -> Result<Handled, GuestError> {
+    handle_crash_keeping(guest, store, incident, ctx, policy, None).await
+}
+
+/// [`handle_crash`], and with `keep` the crash's vmcore (a panic's before the relaunch,
+/// as the plan asks) and its artifacts folder, each timed as a step of the recovery.
+/// A failed dump or folder is recorded as a failed step; recovery goes on.
+pub async fn handle_crash_keeping<G: GuestActions>(
+    guest: &mut G,
+    store: &mut Store,
+    incident: &Incident,
+    ctx: &CrashContext,
+    policy: Policy,
+    keep: Option<&Keep>,
+) -> Result<Handled, GuestError> {
     let mut row = incident.row(&guest.kernel(), ctx);
     row.console_excerpt = guest.console_excerpt();
     let crash_id = store.record_crash(&row)?;
@@ -153,9 +234,18 @@ pub async fn handle_crash<G: GuestActions>(
     let started = Instant::now();
     let mut steps = Vec::new();
     let mut last = None;
+    let mut point = keep.and_then(|k| dump_point(incident.category, &k.forensics));
+    let mut dump = None;
     let (level, fate) = loop {
         match ladder.next(last) {
             Step::Do { level, action } => {
+                if let (Some(p), Some(k)) = (point, keep)
+                    && due(p, &action)
+                {
+                    point = None;
+                    let d = take_dump(guest, store, ctx, crash_id, level, a, k).await?;
+                    dump = Some(d);
+                }
                 let t0 = Instant::now();
                 let at_ms = store::now_ms();
                 let done = guest.perform(&action).await;
@@ -183,10 +273,14 @@ pub async fn handle_crash<G: GuestActions>(
             Step::Done { level, fate } => break (level, fate),
         }
     };
-    let duration = started.elapsed();
     if fate == Fate::Continue {
         guest.acknowledge();
     }
+    let artifacts = match keep {
+        Some(k) => keep_artifacts(store, ctx, crash_id, level, &row, incident, k)?,
+        None => Vec::new(),
+    };
+    let duration = started.elapsed();
     // The summary row of the whole recovery: its outcome is what the stats count.
     store.record_attempt(&NewAttempt {
         run_id: ctx.run_id,
@@ -213,5 +307,138 @@ pub async fn handle_crash<G: GuestActions>(
         duration,
         record_latency,
         intact,
+        dump,
+        artifacts,
     })
+}
+
+fn attempt(ctx: &CrashContext, crash_id: i64, level: Level, action: &str) -> NewAttempt {
+    NewAttempt {
+        run_id: ctx.run_id,
+        crash_id: Some(crash_id),
+        test_id: ctx.test_id,
+        level: level as i64,
+        action: action.into(),
+        started_at_ms: store::now_ms(),
+        duration_ms: 0,
+        outcome: String::new(),
+        fate: String::new(),
+        detail: String::new(),
+    }
+}
+
+/// Takes the crash's vmcore into its artifacts folder (QEMU alive and answering QMP)
+/// and keeps only the plan's newest ones; records it as its own step.
+#[allow(clippy::too_many_arguments)]
+async fn take_dump<G: GuestActions>(
+    guest: &mut G,
+    store: &mut Store,
+    ctx: &CrashContext,
+    crash_id: i64,
+    level: Level,
+    a: Assessment,
+    keep: &Keep,
+) -> Result<DumpStep, GuestError> {
+    let mut row = attempt(ctx, crash_id, level, DUMP_STEP);
+    let t0 = Instant::now();
+    let result = if a.vm_alive && a.qmp_responsive {
+        let dir = artifacts::dir(&keep.db_path, crash_id);
+        guest.dump_memory(&dir, keep.forensics.limits()).await
+    } else {
+        Err(DumpError::NoVm(
+            if a.vm_alive {
+                "QMP does not answer"
+            } else {
+                "QEMU is gone"
+            }
+            .into(),
+        ))
+    };
+    let duration = t0.elapsed();
+    let (outcome, dump, detail) = match result {
+        Ok(d) => {
+            let mut detail = format!(
+                "{} bytes ({:.1} MiB) {}",
+                d.bytes,
+                d.bytes as f64 / 1048576.0,
+                d.format.as_str()
+            );
+            match artifacts::prune_vmcores(&keep.db_path, keep.forensics.keep_vmcores) {
+                Ok(gone) if !gone.is_empty() => {
+                    detail.push_str(&format!("; {} older vmcore(s) deleted", gone.len()));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(crash_id, "pruning vmcores: {e}"),
+            }
+            (Outcome::Succeeded, Some(d), detail)
+        }
+        Err(e) => {
+            tracing::warn!(crash_id, "no vmcore: {e}");
+            let outcome = match e {
+                DumpError::Qmp(crate::vm::qmp::QmpError::Timeout(_)) => Outcome::Hung,
+                _ => Outcome::Failed,
+            };
+            (outcome, None, e.to_string())
+        }
+    };
+    row.duration_ms = ms(duration);
+    row.outcome = outcome.as_str().into();
+    row.detail = detail.clone();
+    store.record_attempt(&row)?;
+    Ok(DumpStep {
+        level,
+        outcome,
+        dump,
+        detail,
+        duration,
+    })
+}
+
+/// Writes the crash's artifacts folder (console, report, symbolized report,
+/// forensics, the module .ko; the vmcore is already there) and records it as a step.
+#[allow(clippy::too_many_arguments)]
+fn keep_artifacts(
+    store: &mut Store,
+    ctx: &CrashContext,
+    crash_id: i64,
+    level: Level,
+    crash: &store::NewCrash,
+    incident: &Incident,
+    keep: &Keep,
+) -> Result<Vec<Artifact>, GuestError> {
+    let mut row = attempt(ctx, crash_id, level, ARTIFACTS_STEP);
+    let t0 = Instant::now();
+    let module_ko = keep.module_ko.clone().or_else(|| {
+        artifacts::image_module_ko(
+            &crate::vm::image::default_images_dir(),
+            &crash.kernel,
+            incident.module.as_deref().unwrap_or(&crash.module),
+        )
+    });
+    let inputs = artifacts::Inputs {
+        console: &crash.console_excerpt,
+        report: &crash.report,
+        forensics: &crash.forensics,
+        module_ko: module_ko.as_deref(),
+    };
+    let (outcome, detail, kept) = match artifacts::write(&keep.db_path, crash_id, &inputs) {
+        Ok(kept) => (
+            Outcome::Succeeded,
+            format!(
+                "{} files in {}",
+                kept.len(),
+                artifacts::dir(&keep.db_path, crash_id).display()
+            ),
+            kept,
+        ),
+        Err(e) => {
+            tracing::warn!(crash_id, "artifacts: {e}");
+            (Outcome::Failed, e.to_string(), Vec::new())
+        }
+    };
+    row.duration_ms = ms(t0.elapsed());
+    row.outcome = outcome.as_str().into();
+    row.detail = detail;
+    store.record_attempt(&row)?;
+    Ok(kept)
 }

@@ -344,3 +344,227 @@ fn kernel_died_reads_the_taint_and_falls_back_on_the_category() {
     let panic = from_log("crash-612-panic.log");
     assert!(kernel_died(&panic, Some(CLEAN)));
 }
+
+/// `handle_crash_keeping` with a database file in `dir`, the fake guest and `cfg`.
+fn run_keeping(
+    guest: &mut FakeGuest,
+    incident: &Incident,
+    dir: &std::path::Path,
+    cfg: crate::plan::ForensicsConfig,
+) -> (Handled, Store) {
+    let db = dir.join("crashes.db");
+    let mut store = Store::open(&db).unwrap();
+    let ctx = CrashContext {
+        test_name: "t".into(),
+        test_crashes: 1,
+        ..Default::default()
+    };
+    let keep = Keep {
+        db_path: db,
+        forensics: cfg,
+        module_ko: Some(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/symbolize/6.12.117+deb12-amd64/vexfs.ko"
+            )
+            .into(),
+        ),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let h = rt
+        .block_on(handle_crash_keeping(
+            guest,
+            &mut store,
+            incident,
+            &ctx,
+            Policy::default(),
+            Some(&keep),
+        ))
+        .unwrap();
+    (h, store)
+}
+
+fn actions(store: &Store, crash_id: i64) -> Vec<(String, String)> {
+    store
+        .attempts(crash_id)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.action, a.outcome))
+        .collect()
+}
+
+#[test]
+fn a_panic_is_dumped_before_the_relaunch_and_its_folder_written() {
+    let i = from_log("crash-612-panic.log");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = FakeGuest::live(CLEAN);
+    let (h, store) = run_keeping(&mut g, &i, tmp.path(), Default::default());
+    assert_eq!(
+        g.performed,
+        [
+            "collect_forensics",
+            DUMP_STEP,
+            "relaunch_vm",
+            "verify_clean_boot",
+            "load_module",
+            "smoke_test"
+        ]
+    );
+    assert_eq!(h.fate, Fate::RestartRequired);
+    let d = h.dump.clone().expect("dump step");
+    assert_eq!(
+        (d.level, d.outcome),
+        (Level::SystemReset, Outcome::Succeeded)
+    );
+    // Its own timed step in the timeline, before the relaunch; the folder after all.
+    let names: Vec<String> = actions(&store, h.crash_id)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "collect_forensics",
+            DUMP_STEP,
+            "relaunch_vm",
+            "verify_clean_boot",
+            "load_module",
+            "smoke_test",
+            ARTIFACTS_STEP,
+            crate::store::RECOVERY_SUMMARY
+        ]
+    );
+    let kinds: Vec<crate::artifacts::Kind> = h.artifacts.iter().map(|a| a.kind).collect();
+    use crate::artifacts::Kind;
+    for k in [
+        Kind::Console,
+        Kind::Report,
+        Kind::Forensics,
+        Kind::Vmcore,
+        Kind::Module,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} missing: {kinds:?}");
+    }
+    let listed = crate::artifacts::list(&tmp.path().join("crashes.db"), h.crash_id).unwrap();
+    assert_eq!(listed, h.artifacts);
+}
+
+#[test]
+fn a_failed_dump_is_recorded_and_recovery_goes_on() {
+    let i = from_log("crash-612-panic.log");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = FakeGuest::live(CLEAN);
+    g.dump_fails = Some("dump: failed to save memory: No space left on device".into());
+    let (h, store) = run_keeping(&mut g, &i, tmp.path(), Default::default());
+    assert_eq!(h.fate, Fate::RestartRequired);
+    assert_eq!(&g.performed[1..3], [DUMP_STEP, "relaunch_vm"]);
+    let d = h.dump.expect("dump step");
+    assert_eq!(d.outcome, Outcome::Failed);
+    assert!(d.detail.contains("No space left"), "{}", d.detail);
+    let rows = store.attempts(h.crash_id).unwrap();
+    let row = rows.iter().find(|a| a.action == DUMP_STEP).unwrap();
+    assert_eq!(row.outcome, "failed");
+    assert!(row.detail.contains("No space left"), "{}", row.detail);
+    assert!(
+        !h.artifacts
+            .iter()
+            .any(|a| a.kind == crate::artifacts::Kind::Vmcore)
+    );
+    assert!(
+        h.artifacts
+            .iter()
+            .any(|a| a.kind == crate::artifacts::Kind::Report)
+    );
+}
+
+#[test]
+fn a_gone_qemu_is_not_asked_for_a_dump_but_the_step_says_why() {
+    let i = from_log("crash-612-panic.log");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = FakeGuest::live(CLEAN);
+    g.assessment.vm_alive = false;
+    g.assessment.qmp_responsive = false;
+    let (h, _) = run_keeping(&mut g, &i, tmp.path(), Default::default());
+    assert!(!g.performed.contains(&DUMP_STEP));
+    let d = h.dump.expect("dump step");
+    assert_eq!(d.outcome, Outcome::Failed);
+    assert!(d.detail.contains("QEMU is gone"), "{}", d.detail);
+}
+
+#[test]
+fn only_the_plans_number_of_vmcores_is_kept() {
+    let i = from_log("crash-612-panic.log");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = crate::plan::ForensicsConfig {
+        keep_vmcores: 1,
+        ..Default::default()
+    };
+    let (first, _) = run_keeping(&mut FakeGuest::live(CLEAN), &i, tmp.path(), cfg.clone());
+    let (second, _) = run_keeping(&mut FakeGuest::live(CLEAN), &i, tmp.path(), cfg);
+    assert!(
+        second
+            .dump
+            .unwrap()
+            .detail
+            .contains("1 older vmcore(s) deleted")
+    );
+    let db = tmp.path().join("crashes.db");
+    let has_core = |id| {
+        crate::artifacts::list(&db, id)
+            .unwrap()
+            .iter()
+            .any(|a| a.kind == crate::artifacts::Kind::Vmcore)
+    };
+    assert!(!has_core(first.crash_id));
+    assert!(has_core(second.crash_id));
+}
+
+#[test]
+fn an_oops_is_dumped_first_only_when_the_plan_asks() {
+    let i = from_log("crash-612-null.log");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = FakeGuest::live(DIED | CLEAN);
+    let (h, _) = run_keeping(&mut g, &i, tmp.path(), Default::default());
+    assert!(h.dump.is_none());
+    assert_eq!(g.performed, RESTART);
+    let cfg = crate::plan::ForensicsConfig {
+        vmcore_on: vec![crate::plan::DumpOn::Oops],
+        ..Default::default()
+    };
+    let mut g = FakeGuest::live(DIED | CLEAN);
+    let (h, _) = run_keeping(&mut g, &i, tmp.path(), cfg);
+    assert_eq!(g.performed[0], DUMP_STEP);
+    assert_eq!(&g.performed[1..], RESTART);
+    assert_eq!(h.dump.unwrap().outcome, Outcome::Succeeded);
+}
+
+#[test]
+fn a_hang_is_dumped_after_forensics_before_the_reset_when_asked() {
+    let cfg = crate::plan::ForensicsConfig {
+        vmcore_on: vec![crate::plan::DumpOn::Hang],
+        ..Default::default()
+    };
+    assert_eq!(
+        dump_point(Category::Deadlock, &cfg),
+        Some(DumpPoint::BeforeReset)
+    );
+    assert_eq!(dump_point(Category::KernelPanic, &cfg), None);
+    assert_eq!(dump_point(Category::Warning, &cfg), None);
+    let i = Incident::from_verdict(Verdict::GuestHung, Instant::now());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = FakeGuest::live(CLEAN);
+    let (_, _) = run_keeping(&mut g, &i, tmp.path(), cfg);
+    let dump_at = g.performed.iter().position(|a| *a == DUMP_STEP).unwrap();
+    assert!(
+        g.performed[..dump_at].contains(&"collect_forensics"),
+        "{:?}",
+        g.performed
+    );
+    assert!(
+        ["relaunch_vm", "system_reset"].contains(&g.performed[dump_at + 1]),
+        "{:?}",
+        g.performed
+    );
+}

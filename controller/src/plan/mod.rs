@@ -21,9 +21,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod forensics;
 mod guest;
 mod steps;
 
+pub use forensics::*;
 pub use guest::*;
 pub use steps::*;
 
@@ -81,6 +83,9 @@ pub struct Plan {
     /// The tests, in order.
     #[serde(default, rename = "test")]
     pub tests: Vec<Test>,
+    /// Vmcores: which crashes get one, how many are kept (`[forensics]`).
+    #[serde(default)]
+    pub forensics: ForensicsConfig,
 }
 
 fn default_kernels() -> Vec<String> {
@@ -281,6 +286,7 @@ fn check(plan: &Plan) -> Result<(), String> {
         return Err("no [[test]] in the plan".into());
     }
     check_guest(plan)?;
+    plan.forensics.check()?;
     let mut names = std::collections::HashSet::new();
     for t in &plan.tests {
         if t.name.is_empty() || t.name.contains(['/', '\n']) {

@@ -55,6 +55,9 @@ pub enum DumpError {
     /// QEMU offers no format the tools read.
     #[error("QEMU offers no kdump or ELF dump format (has {0:?})")]
     NoFormat(Vec<String>),
+    /// QEMU is not running (or its QMP does not answer): there is no memory to dump.
+    #[error("no running QEMU to dump: {0}")]
+    NoVm(String),
 }
 
 /// Dump file formats, in order of preference (fast compression first).

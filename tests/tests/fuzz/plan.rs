@@ -108,6 +108,7 @@ fn random_plan(rng: &mut Rng) -> Plan {
         },
         isolate_after: rng.number() as u32,
         tests,
+        forensics: Default::default(),
     }
 }
 
