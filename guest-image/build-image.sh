@@ -4,7 +4,8 @@
 # and manifest.json, in $VEXFS_CACHE/images/<release>/.
 #
 # usage: build-image.sh [OPTIONS] KERNEL
-#   KERNEL              linux-image-6.12.117+deb12-amd64, 6.1.0-57-amd64, or latest-6.12 / latest-6.1
+#   KERNEL              linux-image-6.12.117+deb12-amd64, 6.1.0-57-amd64, or latest-6.12 / latest-6.1,
+#                       or a built kernel tree (a folder: guest-image/build-kernel.sh makes one)
 #   --module PATH       put this prebuilt .ko (or .ko.xz/.ko.zst) in the image instead of
 #                       building guest-image/vexfs
 #   --kernel-module M   also put module M of the kernel package (dependencies resolved)
@@ -47,7 +48,7 @@ kernel=""
 kernel_modules=""
 tools=()
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -82,7 +83,15 @@ for t in "cpio:cpio" "gzip:gzip" "xz:xz-utils" "zstd:zstd" "depmod:kmod" "modpro
 done
 PATH="$PATH:/usr/sbin:/sbin"
 
+tree=""
 case "$kernel" in
+    */*|.*)
+        # A kernel build tree: its kernel, its modules, the module under test built against it.
+        # shellcheck source=kernel/tree.sh
+        . "$HERE/kernel/tree.sh"
+        tree_check "$kernel"
+        tree="$(cd "$kernel" && pwd)"
+        rel=$(cat "$tree/include/config/kernel.release") ;;
     latest-*) rel=$(latest_release "${kernel#latest-}") ;;
     *) rel=$(release_of "$kernel") ;;
 esac
@@ -138,6 +147,7 @@ stamp_inputs() {
         if [ -n "$module_src" ]; then sha256sum "$module_src"
         else (cd "$HERE/vexfs" && sha256sum Kbuild Makefile ./*.c ./*.h 2>/dev/null || true); fi
         echo "kernel_modules=$kernel_modules tools=${tools[*]+"${tools[*]}"}"
+        [ -z "$tree" ] || sha256sum "$HERE/kernel/tree.sh" "$tree/.config" "$tree/arch/x86/boot/bzImage" "$tree/Module.symvers"
         for t in ${tools[@]+"${tools[@]}"}; do sha256sum "${t%%:*}"; done
     } | sha256sum | cut -d' ' -f1
 }
@@ -149,16 +159,22 @@ if [ "$force" = 0 ] && [ -f "$out/manifest.json" ] && [ "$(cat "$out/.stamp" 2>/
 fi
 
 say "building guest image for $rel ($init_kind as /init)"
-fetch_kernel "$rel"
-kdir="$VEXFS_CACHE/kernels/$rel"
-moddir="$kdir/lib/modules/$rel"
-config="$kdir/boot/config-$rel"
-vmlinuz="$kdir/boot/vmlinuz-$rel"
-[ -f "$vmlinuz" ] || die "no $vmlinuz in the package"
-
 mkdir -p "$out"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/vexfs-image.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+if [ -n "$tree" ]; then
+    kdir="$tmp/kroot"
+    tree_stage "$tree" "$kdir"
+    config="$tree/.config"
+    vmlinuz="$tree/arch/x86/boot/bzImage"
+else
+fetch_kernel "$rel"
+kdir="$VEXFS_CACHE/kernels/$rel"
+config="$kdir/boot/config-$rel"
+vmlinuz="$kdir/boot/vmlinuz-$rel"
+fi
+moddir="$kdir/lib/modules/$rel"
+[ -f "$vmlinuz" ] || die "no $vmlinuz in the package"
 
 # ---- kernel: ELF vmlinux with the PVH entry note, else the bzImage -----------------------
 has_pvh_note() {
@@ -220,14 +236,16 @@ if [ -n "$module_src" ]; then
     say "module under test: $module_src ($module_name)"
 else
     module_name=vexfs
+    if [ -n "$tree" ]; then kbuild="$tree"; else
     fetch_headers "$rel"
     kbuild="$VEXFS_CACHE/headers/$rel/usr/src/linux-headers-$rel"
+    fi
     bdir="$VEXFS_CACHE/build/$rel/vexfs"
     rm -rf "$bdir"
     mkdir -p "$bdir"
     cp "$HERE/vexfs/Kbuild" "$HERE/vexfs/Makefile" "$HERE"/vexfs/*.c "$bdir/"
     cp "$HERE"/vexfs/*.h "$bdir/" 2>/dev/null || true
-    say "building vexfs.ko against linux-headers-$rel"
+    say "building vexfs.ko against ${tree:-linux-headers-$rel}"
     # No pahole here: skip BTF for the module (it loads fine without it).
     if ! make -s -C "$kbuild" M="$bdir" CONFIG_DEBUG_INFO_BTF_MODULES= modules > "$bdir/build.log" 2>&1; then
         cat "$bdir/build.log" >&2
@@ -278,7 +296,7 @@ for m in $ROOT_MODULES; do
     modprobe -d "$kdir" -S "$rel" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}' >> "$tmp/modlist" ||
         true
 done
-[ -s "$tmp/modlist" ] || die "no transport modules found for $rel (modprobe --show-depends)"
+[ -s "$tmp/modlist" ] || [ -n "$tree" ] || die "no transport modules found for $rel (modprobe --show-depends)"
 {
     echo "# Loaded in order by /init (the agent) before it listens on vsock port $AGENT_PORT."
     awk '!seen[$0]++' "$tmp/modlist" | while read -r src; do
@@ -348,6 +366,9 @@ find "$root" -exec touch -h -d "@$epoch" {} +
 kfence=false
 grep -q '^CONFIG_KFENCE=y' "$config" 2>/dev/null && kfence=true
 package="linux-image-$rel"
+[ -z "$tree" ] || package="tree:$tree"
+# The kernel's config beside the manifest: plan tests that require an option check it.
+cp "$config" "$out/kernel.config"
 cmdline="console=ttyS0 rdinit=/init panic=-1 sysrq_always_enabled sysctl.kernel.hung_task_timeout_secs=5 sysctl.kernel.watchdog_thresh=5 sysctl.kernel.panic_on_warn=0"
 [ "$kfence" = true ] && cmdline="$cmdline kfence.sample_interval=1"
 cmdline="$cmdline vexfs.agent.port=$AGENT_PORT loglevel=7"
@@ -365,6 +386,7 @@ json_str() { local s="$1"; s="${s//\\/\\\\}"; s="${s//\"/\\\"}"; printf '"%s"' "
     printf '  "module_name": %s,\n' "$(json_str "$module_name")"
     printf '  "module_host_path": %s,\n' "$(json_str "$out/$module_name.ko")"
     printf '  "kfence": %s,\n' "$kfence"
+    printf '  "kernel_config": %s,\n' "$(json_str "$out/kernel.config")"
     printf '  "cmdline": %s,\n' "$(json_str "$cmdline")"
     printf '  "agent_port": %s,\n' "$AGENT_PORT"
     printf '  "guest_cid": 3,\n'

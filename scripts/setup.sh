@@ -14,7 +14,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export VEXFS_CACHE="${VEXFS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vexfs}"
 VHOST_VSOCK_VERSION=0.3.0
-PACKAGES="qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip file binutils make gcc gcc-12 libc6-dev dpkg apt libxml2-utils chromium makedumpfile python3-venv curl util-linux coreutils"
+PACKAGES="qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip file binutils make gcc gcc-12 libc6-dev dpkg apt libxml2-utils chromium makedumpfile python3-venv curl util-linux coreutils flex bison bc libelf-dev libssl-dev"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
