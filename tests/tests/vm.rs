@@ -14,6 +14,8 @@ mod cid;
 mod faults;
 #[path = "vm/forensics.rs"]
 mod forensics;
+#[path = "vm/metrics.rs"]
+mod metrics;
 #[path = "vm/recovery.rs"]
 mod recovery;
 #[path = "vm/reliability.rs"]
