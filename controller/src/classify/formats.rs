@@ -195,6 +195,20 @@ pub(crate) fn stall_stack(first: &str) -> StackFmt {
     }
 }
 
+/// Stack overflows: the call trace read to its end, titled by the recursion's
+/// entry ([`Extractor::Overflow`]). The faulting RIP is wherever the stack ran out,
+/// so a report without its trace has no name (no `named_fallback`).
+pub(crate) fn overflow_stack() -> StackFmt {
+    StackFmt {
+        parts: parts(&[CALL_TRACE, "PARSE"]),
+        parts2: Vec::new(),
+        // The overflow handler's own frames, on arches that print them.
+        skip: &["bad_stack", "handle_bad_stack", "panic_bad_stack"],
+        extractor: Extractor::Overflow,
+        named_fallback: false,
+    }
+}
+
 pub(crate) const IRQ_LOCK_SKIP: &[&str] = &[
     "lock_acquire",
     "_raw_spin_lock",
@@ -278,11 +292,7 @@ pub(crate) fn kernel_panic_formats() -> Vec<Format> {
             "Kernel panic - not syncing: kernel stack overflow",
             "kernel stack overflow in {F}",
         )
-        .stack(call_trace(&[
-            "bad_stack",
-            "handle_bad_stack",
-            "__do_softirq",
-        ])),
+        .stack(overflow_stack()),
         f(
             "Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in",
             "kernel panic: stack is corrupted in {F}",

@@ -12,14 +12,11 @@ pub(crate) const FUNC: &str =
 /// A printed code address: `[<ffffffff813a0886>]`.
 pub(crate) const PC: &str = r"\[<?(?:0x)?[0-9a-f]+>?\]";
 
-/// x86/arm64 frame: `[<pc>] [<pc>] ? func.isra.0+0x1/0x2 [mod]`; `?` frames are
-/// unreliable guesses of the unwinder and are not frames for titles.
-static FRAME: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(&format!(
-        r"^\s*(?:{PC}\s+){{0,2}}(\?\s+)?(<[^>\s]+>(?:::[A-Za-z0-9_]+)+|[A-Za-z0-9_]+(?:::[A-Za-z0-9_]+)*)(?:\.[A-Za-z0-9_]+)*\+0x[0-9a-f]+(?:/0x[0-9a-f]+)?(?:\s+\[([A-Za-z0-9_]+)\])?"
-    ))
-    .expect("frame regex")
-});
+/// Substring searchers built once: these tests run on every line of every report.
+pub(crate) static PLUS_0X: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new("+0x"));
+static ARM_FROM: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(") from ["));
 
 /// arm32 frame: `[<pc>] (func) from [<pc>] (caller)`.
 static ARM_FRAME: LazyLock<Regex> = LazyLock::new(|| {
@@ -85,33 +82,31 @@ pub(crate) fn parse_frame(line: &str) -> Option<Frame> {
     // Every frame form carries an offset (`+0x`); most report lines (registers,
     // code bytes, lockdep prose) do not, and skipping the regexes for them is most
     // of the cost of parsing a crash-dense log.
-    if !line.contains("+0x") && !line.contains(") from [") {
+    let arm = ARM_FROM.find(line.as_bytes()).is_some();
+    if !arm && PLUS_0X.find(line.as_bytes()).is_none() {
         return None;
     }
-    if line.contains(") from [")
-        && let Some(c) = ARM_FRAME.captures(line)
-    {
+    if arm && let Some(c) = ARM_FRAME.captures(line) {
         return Some(Frame {
             func: normalize_func(&c[1]),
             module: None,
         });
     }
-    let c = FRAME.captures(line)?;
-    if c.get(1).is_some() {
+    // x86/arm64 frames: `[<pc>] [<pc>] ? func.isra.0+0x1/0x2 [mod]`; `?` frames are
+    // unreliable guesses of the unwinder and are not frames for titles.
+    let f = super::frame_scan::scan(line)?;
+    if f.unreliable {
         return None;
     }
-    let func = c.get(2)?.as_str();
     Some(Frame {
-        func: normalize_func(func),
-        module: c.get(3).map(|m| m.as_str().to_string()),
+        func: normalize_func(f.func),
+        module: f.module.map(str::to_string),
     })
 }
 
 /// The caller named by an arm32 `(f) from (caller)` frame line.
 pub(crate) fn arm_caller(line: &str) -> Option<Frame> {
-    if !line.contains(") from [") {
-        return None;
-    }
+    ARM_FROM.find(line.as_bytes())?;
     let c = ARM_FRAME.captures(line)?;
     Some(Frame {
         func: normalize_func(&c[2]),

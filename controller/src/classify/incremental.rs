@@ -85,13 +85,13 @@ static REPORTISH: LazyLock<Regex> = LazyLock::new(|| {
 /// (`---[ end trace`, `</TASK>`, a line of `=`). Plain substring tests: this runs for
 /// every line of an open report.
 fn soft_end(t: &str) -> bool {
+    static END_TRACE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new("---[ end trace"));
+    static TASK_END: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new("</TASK>"));
     let b = t.as_bytes();
-    let rule = b.first() == Some(&b'=') && {
-        let rest = t.trim_start_matches('=');
-        rest.trim().is_empty()
-    };
-    rule || memchr::memmem::find(b, b"---[ end trace").is_some()
-        || memchr::memmem::find(b, b"</TASK>").is_some()
+    let rule = b.first() == Some(&b'=') && t.trim_start_matches('=').trim().is_empty();
+    rule || END_TRACE.find(b).is_some() || TASK_END.find(b).is_some()
 }
 
 #[derive(Clone)]
@@ -388,7 +388,10 @@ fn in_trace(p: &Pending) -> bool {
         .iter()
         .rev()
         .find(|l| !l.text().trim().is_empty())
-        .is_some_and(|l| super::frames::parse_frame(l.text()).is_some() || l.text().contains("+0x"))
+        .is_some_and(|l| {
+            super::frames::parse_frame(l.text()).is_some()
+                || super::frames::PLUS_0X.find(l.text().as_bytes()).is_some()
+        })
 }
 
 fn close(mut p: Pending) -> CrashReport {

@@ -112,7 +112,12 @@ impl Line {
 /// Lossy UTF-8 with carriage returns and NULs removed: serial consoles emit `\r\n`
 /// and the odd NUL, neither of which belongs to the message.
 fn clean(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
+    // Strict validation first: console text is nearly always valid UTF-8, and the
+    // check is cheaper than the lossy decoder's chunking.
+    let s = match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
     if memchr::memchr2(b'\r', 0, s.as_bytes()).is_some() {
         s.chars().filter(|&c| c != '\r' && c != '\0').collect()
     } else {

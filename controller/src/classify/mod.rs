@@ -10,6 +10,7 @@
 //! the whole input, so both always agree.
 
 mod formats;
+mod frame_scan;
 mod frames;
 mod incremental;
 mod lines;

@@ -133,7 +133,7 @@ pub(crate) static OOPSES: LazyLock<Vec<Oops>> = LazyLock::new(|| {
                     .stack(call_trace(&["bad_page", "free_", "page", "folio", "zap_", "unmap_", "release_pages", "skb_", "kfree_skb", "page_pool", "napi_", "netif_receive"])),
                 f(r"BUG: (?:[A-Z]+ )?stack guard page was hit", "BUG: stack guard page was hit in {F}")
                     .alt(&["stack-overflow in {F}"])
-                    .stack(rip_stack(&[])),
+                    .stack(overflow_stack()),
                 f(r"BUG: memory leak", "memory leak in {F}")
                     .stack(stack(&[r"backtrace(?: \(crc [0-9a-f]+\))?:", "PARSE"], &["kmemleak", "mmap_region", "kmalloc", "kzalloc", "kcalloc", "alloc", "create_object", "slab", "kmem_cache", "__do_kmalloc", "krealloc", "memdup", "strdup", "strndup", "sock_kmalloc", "kobject_set_name", "idr_get", "list_lru_init", "kasprintf", "kvasprintf", "pcpu_create_chunk"])),
                 f(r"BUG: corrupted list in {{FUNC}}", "BUG: corrupted list in {F}")

@@ -90,6 +90,11 @@ pub(crate) fn build(lines: &[Line], hit: HeaderHit, start_line: usize) -> CrashR
     let mut dumps_other_cpus = false;
     let interleaved = foreign_trace(head, &texts);
     for format in &oops.formats {
+        // Most formats of a header do not match: a plain match test spares the
+        // capture allocation for them.
+        if !format.title.is_match(&joined) {
+            continue;
+        }
         let Some(caps) = format.title.captures(&joined) else {
             continue;
         };
@@ -232,7 +237,10 @@ fn try_parts(texts: &[&str], parts: &[Part], sf: &StackFmt) -> (Option<String>, 
                 }
             }
             Part::Parse => {
-                cands.extend(parse_frames(&texts[i.min(texts.len())..]));
+                cands.extend(parse_frames(
+                    &texts[i.min(texts.len())..],
+                    sf.extractor.frame_cap(),
+                ));
                 break;
             }
         }
@@ -275,14 +283,14 @@ fn pick_with_module(cands: &[Frame], sf: &StackFmt) -> Option<String> {
                 return Some(m.func.clone());
             }
         }
-        pick::Extractor::First => {}
+        pick::Extractor::First | pick::Extractor::Overflow => {}
     }
     let names: Vec<String> = cands.iter().map(|f| f.func.clone()).collect();
     pick::pick(&names, sf.skip, sf.extractor)
 }
 
 /// Frames following a point in the report, up to the end of that trace.
-fn parse_frames(texts: &[&str]) -> Vec<Frame> {
+fn parse_frames(texts: &[&str], cap: usize) -> Vec<Frame> {
     let mut out = Vec::new();
     for (n, t) in texts.iter().enumerate() {
         if !out.is_empty() && (frames::is_stack_start(t) || t.trim().is_empty()) {
@@ -301,7 +309,7 @@ fn parse_frames(texts: &[&str]) -> Vec<Frame> {
             && is_name(&f.func)
         {
             out.push(f);
-            if out.len() >= 64 {
+            if out.len() >= cap {
                 break;
             }
         }
@@ -325,11 +333,14 @@ fn rip_frame(t: &str) -> Option<Frame> {
     })
 }
 
+/// Frames kept of a report's first trace for the `frames` field.
+const FIRST_STACK_FRAMES: usize = 64;
+
 /// Frames of the first stack trace in the report (for the `frames` field).
 fn first_stack(texts: &[&str]) -> Vec<Frame> {
     match texts.iter().position(|t| frames::is_stack_start(t)) {
-        Some(i) => parse_frames(&texts[i + 1..]),
-        None => parse_frames(texts),
+        Some(i) => parse_frames(&texts[i + 1..], FIRST_STACK_FRAMES),
+        None => parse_frames(texts, FIRST_STACK_FRAMES),
     }
 }
 

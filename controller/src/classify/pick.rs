@@ -66,6 +66,22 @@ pub(crate) enum Extractor {
     /// since such hangs show up at random victim stacks; else the first frame that
     /// is not waiting/locking machinery.
     Hung,
+    /// Stack overflows: where the stack ran out is happenstance (any function can
+    /// push it over), the bug is the recursion. As for stalls, the frame just above
+    /// the dispatch/syscall anchor names the request that recursed; it is looked
+    /// for over the whole trace, which a recursion makes deep.
+    Overflow,
+}
+
+impl Extractor {
+    /// Most frames a trace is read for: deep enough for a recursion that filled the
+    /// stack (16 KiB of at least 16-byte frames), a screenful for the rest.
+    pub(crate) fn frame_cap(self) -> usize {
+        match self {
+            Extractor::Overflow => 1024,
+            _ => 64,
+        }
+    }
 }
 
 /// Picks the title frame from candidate frames, or `None` when none qualifies.
@@ -94,9 +110,11 @@ pub(crate) fn pick(frames: &[String], skip: &[&str], extractor: Extractor) -> Op
                 .find(|f| !HUNG_WAIT.iter().any(|w| f.contains(w)))
                 .map(|f| f.to_string())
         }
-        Extractor::Stall => {
+        Extractor::Stall | Extractor::Overflow => {
             // A stall spinning in a cross-CPU call is a stall in that call.
-            if frames.iter().any(|f| f.starts_with("smp_call_function")) {
+            if extractor == Extractor::Stall
+                && frames.iter().any(|f| f.starts_with("smp_call_function"))
+            {
                 return Some("smp_call_function".to_string());
             }
             let mut prev: Option<&String> = None;

@@ -202,3 +202,60 @@ fn cxx_mangled_names_are_demangled() {
           _Z8fakeNameiii+0x1/0x2\n");
     assert_eq!(r.title, "WARNING in fakeName");
 }
+
+/// A recursion that fills the stack: the frames where it ran out, then the cycle
+/// `depth` times, entered from `entry` under a netlink request.
+fn overflow_trace(depth: usize, entry: &str) -> String {
+    let mut t = String::from(" widget_stats_fold+0x12d/0x2e0\n ? lock_acquire+0x442/0x510\n");
+    for _ in 0..depth {
+        t.push_str(" widget_get_stats+0xf5/0x4d0\n dev_get_stats+0xa5/0x2b0\n");
+    }
+    t.push_str(&format!(
+        " {entry}+0x35/0xd0\n rtnetlink_rcv_msg+0x43f/0xc50\n netlink_rcv_skb+0x15a/0x430\n\
+          do_syscall_64+0x35/0xb0\n entry_SYSCALL_64_after_hwframe+0x44/0xae\n"
+    ));
+    t
+}
+
+#[test]
+fn stack_overflow_names_the_recursions_entry_not_where_the_stack_ran_out() {
+    // A hundred levels deep: past the frames a title normally reads.
+    let log = format!(
+        "BUG: stack guard page was hit at ffffc900190cfff8 (stack is ffffc900190d0000..ffffc900190d7fff)\n\
+         kernel stack overflow (double-fault): 0000 [#1] PREEMPT SMP KASAN\n\
+         RIP: 0010:netdev_next_lower_dev_rcu+0x8/0xb0\n\
+         Call Trace:\n{}",
+        overflow_trace(100, "widget_newlink")
+    );
+    let r = one(&log);
+    assert_eq!(r.title, "BUG: stack guard page was hit in widget_newlink");
+    assert_eq!(r.category, Category::MemoryCorruption);
+    assert!(!r.corrupted);
+    // The same on arm64, where the overflow is a panic with its handler's frames.
+    let log = format!(
+        "Kernel panic - not syncing: kernel stack overflow\n\
+         CPU: 1 PID: 16874 Comm: a Not tainted 6.0.0 #0\n\
+         Call trace:\n dump_backtrace+0x1c4/0x1f0\n panic+0x218/0x50c\n\
+          panic_bad_stack+0x134/0x154\n handle_bad_stack+0x34/0x48\n __bad_stack+0x78/0x7c\n{}",
+        overflow_trace(100, "widget_newlink")
+    );
+    assert_eq!(one(&log).title, "kernel stack overflow in widget_newlink");
+    // Without its trace, the faulting RIP is no name: any function can be the last
+    // to push.
+    let r = one(
+        "BUG: stack guard page was hit at ffffc900190cfff8 (stack is x)\n\
+         RIP: 0010:some_leaf+0x8/0xb0\n",
+    );
+    assert_eq!(r.title, "BUG: stack guard page was hit in corrupted");
+    assert!(r.corrupted);
+}
+
+#[test]
+fn buffer_head_checks_blame_the_filesystem() {
+    let r = one("!buffer_uptodate(bh)\n\
+         WARNING: fs/buffer.c:1183 at mark_buffer_dirty+0x299/0x3f0, CPU#1: a/1\n\
+         RIP: 0010:mark_buffer_dirty+0x299/0x3f0\n\
+         Call Trace:\n <TASK>\n widgetfs_get_block+0x5da/0xae0\n\
+          __block_write_begin_int+0x6c6/0x1910\n block_write_begin+0x8d/0x120\n </TASK>\n");
+    assert_eq!(r.title, "WARNING in widgetfs_get_block");
+}

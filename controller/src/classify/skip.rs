@@ -524,6 +524,16 @@ pub(crate) const GROUPS: &[SkipGroup] = &[
             "^usb_kill_urb",
         ],
     },
+    SkipGroup {
+        why: "buffer-head helpers (fs/buffer.c) that check the state of the buffer a \
+              filesystem hands them: a warning there is the filesystem's misuse",
+        patterns: &[
+            "^mark_buffer_dirty",
+            "^mark_buffer_write_io_error$",
+            "^__brelse$",
+            "^__bforget$",
+        ],
+    },
 ];
 
 /// All groups compiled into one set.
@@ -564,6 +574,7 @@ mod tests {
             "kasan_report",
             "do_syscall_64",
             "asm_exc_page_fault",
+            "mark_buffer_dirty",
         ] {
             assert!(s(f), "{f} should be skipped");
         }
