@@ -339,20 +339,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kmsg_records_render_as_console_lines() {
-        let r = vexfs_proto::KmsgRecord {
-            ts_us: 12_345_678,
-            caller: "T42".into(),
-            text: "BUG: kernel NULL pointer dereference, address: 0000000000000000".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            kmsg_line(&r),
-            "[   12.345678][   T42] BUG: kernel NULL pointer dereference, address: 0000000000000000"
-        );
-    }
-
-    #[test]
     fn stream_accounting_flags_holes_repeats_and_reordering() {
         let (watch, _tx) = Watch::empty("b", 1, Timeouts::default());
         {

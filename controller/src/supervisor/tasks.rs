@@ -114,24 +114,6 @@ pub(super) fn console_task(
     }
 }
 
-/// Renders a kmsg record as a console line with timestamp and caller id. The
-/// classifier now takes records directly (`LiveClassifier::feed_record`); only the
-/// supervisor's rendering test still calls this.
-#[cfg(test)]
-pub(super) fn kmsg_line(r: &vexfs_proto::KmsgRecord) -> String {
-    let caller = if r.caller.is_empty() {
-        String::new()
-    } else {
-        format!("[{:>6}]", r.caller)
-    };
-    format!(
-        "[{:5}.{:06}]{caller} {}",
-        r.ts_us / 1_000_000,
-        r.ts_us % 1_000_000,
-        r.text
-    )
-}
-
 pub(super) async fn agent_task(
     addr: Address,
     state: Shared,
