@@ -22,6 +22,8 @@ mod reliability;
 mod runner;
 #[path = "vm/snapshot.rs"]
 mod snapshot;
+#[path = "vm/vmcore.rs"]
+mod vmcore;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use super::recovery::{bench, first_crash, recover};
 use super::{boot, config, manifest, rt, serial, spawn_sh};
 
 /// The module .ko on the host the image was built with.
-fn module_ko(m: &Manifest) -> PathBuf {
+pub(crate) fn module_ko(m: &Manifest) -> PathBuf {
     let dir = vexfs_controller::vm::image::default_images_dir().join(&m.kernel_release);
     dir.join(format!("{}.ko", m.module_name))
 }
@@ -110,7 +110,10 @@ fn keyboard_sysrq_dumps_with_sysrq_always_enabled() {
 
 /// Loads the kernel's qemu_fw_cfg driver (it hands VMCOREINFO to QEMU) when the image
 /// lacks it, by writing the package's module into the guest.
-async fn ensure_fw_cfg(client: &mut vexfs_controller::client::AgentClient, m: &Manifest) {
+pub(crate) async fn ensure_fw_cfg(
+    client: &mut vexfs_controller::client::AgentClient,
+    m: &Manifest,
+) {
     let probe = client
         .exec(ExecRequest {
             argv: vec![
