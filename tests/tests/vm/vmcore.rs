@@ -112,3 +112,46 @@ fn a_recovered_panic_keeps_a_vmcore_whose_log_makedumpfile_reads() {
         assert!(panic_line.contains("vexfs"), "{panic_line}");
     });
 }
+
+/// 1-based line of the first line of the module's source holding `needle`.
+fn source_line(needle: &str) -> u32 {
+    let src = include_str!("../../../guest-image/vexfs/vexfs.c");
+    src.lines()
+        .position(|l| l.contains(needle))
+        .expect("line in source") as u32
+        + 1
+}
+
+#[test]
+#[ignore = "VM test: run with --ignored (scripts/test.sh)"]
+fn a_null_deref_frame_names_the_source_line_that_faulted() {
+    let _one = serial();
+    rt().block_on(async {
+        let m = manifest(None);
+        let mut b = bench("null-line", Default::default()).await;
+        fire(&b, "null");
+        let crash = first_crash(&mut b, Duration::from_secs(40)).await;
+        assert_eq!(crash.category, Category::ModuleCrash);
+        let s =
+            vexfs_controller::symbolize::report(&crash.report, &module_ko(&m)).expect("symbolize");
+        eprintln!("{}", s.text);
+        let f = s
+            .frames
+            .iter()
+            .find(|f| f.symbol == "vexfs_fault_null")
+            .expect("vexfs_fault_null frame");
+        let loc = f.innermost().expect("source line");
+        // The RIP is the faulting instruction itself: exactly the dereference's line.
+        assert_eq!(
+            loc.line,
+            source_line("v->counter++;"),
+            "{loc:?}\n{}",
+            s.text
+        );
+        assert!(
+            s.text.contains(&format!("vexfs.c:{}", loc.line)),
+            "{}",
+            s.text
+        );
+    });
+}
