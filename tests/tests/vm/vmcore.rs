@@ -16,7 +16,7 @@ use super::{manifest, rt, serial};
 
 /// `makedumpfile -R` turns QEMU's flattened kdump stream into a plain kdump file,
 /// then `--dump-dmesg` extracts the kernel log from it.
-fn dmesg_of(vmcore: &std::path::Path, work: &std::path::Path) -> String {
+pub(crate) fn dmesg_of(vmcore: &std::path::Path, work: &std::path::Path) -> String {
     let rebuilt = work.join("vmcore.kdump");
     let out = Command::new("makedumpfile")
         .arg("-R")
