@@ -35,7 +35,7 @@ MODULE_DIR_IN_GUEST=/lib/modules/vexfs
 # Transport modules the agent needs, dependencies resolved with modprobe --show-depends.
 # vsock_loopback lets a test inside the guest connect to the agent as CID 1 (the agent
 # must refuse it: only the host may drive it).
-ROOT_MODULES="virtio_pci vmw_vsock_virtio_transport pvpanic_pci vsock_loopback"
+ROOT_MODULES="virtio_pci vmw_vsock_virtio_transport pvpanic_pci vsock_loopback qemu_fw_cfg"
 
 module=""
 agent=""

@@ -28,6 +28,8 @@ mod runner;
 mod snapshot;
 #[path = "vm/soak.rs"]
 mod soak;
+#[path = "vm/vmcore.rs"]
+mod vmcore;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

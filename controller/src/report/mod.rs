@@ -68,6 +68,18 @@ pub fn write_all(
     json: Option<&Path>,
     html: Option<&Path>,
 ) -> Result<(), Error> {
+    write_all_with(r, junit, json, html, None)
+}
+
+/// [`write_all`], and with the crash database at `db` the HTML report shows each
+/// crash's module frames with source lines and links its artifacts folder.
+pub fn write_all_with(
+    r: &RunResults,
+    junit: Option<&Path>,
+    json: Option<&Path>,
+    html: Option<&Path>,
+    db: Option<&Path>,
+) -> Result<(), Error> {
     if let Some(p) = junit {
         write_atomic(p, junit::junit(r).as_bytes())?;
     }
@@ -75,7 +87,11 @@ pub fn write_all(
         write_atomic(p, json::json(r).as_bytes())?;
     }
     if let Some(p) = html {
-        write_atomic(p, html::html(r).as_bytes())?;
+        let extras = match db {
+            Some(db) => crate::artifacts::html_extras(db, r, p.parent()),
+            None => Default::default(),
+        };
+        write_atomic(p, html::html_with(r, &extras).as_bytes())?;
     }
     Ok(())
 }
@@ -437,6 +453,41 @@ pub(crate) mod tests {
         let msg = e.to_string();
         assert!(msg.contains("missing-dir/junit.xml"), "{msg}");
         assert!(msg.contains("No such file"), "{msg}");
+    }
+
+    #[test]
+    fn html_from_write_all_with_a_database_has_source_lines_and_artifact_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crashes.db");
+        let mut r = sample();
+        r.kernels[0].tests[2].crashes[0].report =
+            "RIP: 0010:vexfs_fault_null+0x7/0x11 [vexfs]\n".into();
+        let ko = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/symbolize/6.12.117+deb12-amd64/vexfs.ko"
+        );
+        crate::artifacts::write(
+            &db,
+            7,
+            &crate::artifacts::Inputs {
+                report: &r.kernels[0].tests[2].crashes[0].report,
+                module_ko: Some(Path::new(ko)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = dir.path().join("report.html");
+        write_all_with(&r, None, None, Some(&h), Some(&db)).unwrap();
+        let html = std::fs::read_to_string(&h).unwrap();
+        assert!(html.contains("vexfs.c:715"), "no source line");
+        assert!(html.contains("href=\"artifacts/7/report.txt\""), "no link");
+        // Without a database the same report has neither.
+        write_all(&r, None, None, Some(&h)).unwrap();
+        assert!(
+            !std::fs::read_to_string(&h)
+                .unwrap()
+                .contains("artifacts/7/")
+        );
     }
 
     #[test]
