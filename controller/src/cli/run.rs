@@ -101,11 +101,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
         anyhow::Ok(runner::run(cfg).await?)
     })?;
-    report::write_all(
+    report::write_all_with(
         &results,
         args.junit.as_deref(),
         args.json.as_deref(),
         args.html.as_deref(),
+        Some(&db),
     )?;
     let color = report::summary::stdout_color();
     print!("{}", report::summary(&results, color));

@@ -71,8 +71,8 @@ pub fn write_all(
     write_all_with(r, junit, json, html, None)
 }
 
-/// [`write_all`], and with the crash database at `db` the HTML report shows each
-/// crash's module frames with source lines and links its artifacts folder.
+/// [`write_all`], and with the crash database at `db` the HTML report and JUnit show
+/// each crash's module frames with source lines, and the HTML links its artifacts.
 pub fn write_all_with(
     r: &RunResults,
     junit: Option<&Path>,
@@ -80,17 +80,18 @@ pub fn write_all_with(
     html: Option<&Path>,
     db: Option<&Path>,
 ) -> Result<(), Error> {
+    // One read of the database for both reports; links are relative to the HTML.
+    let extras = match db {
+        Some(db) => crate::artifacts::html_extras(db, r, html.and_then(Path::parent)),
+        None => Default::default(),
+    };
     if let Some(p) = junit {
-        write_atomic(p, junit::junit(r).as_bytes())?;
+        write_atomic(p, junit::junit_with(r, &extras).as_bytes())?;
     }
     if let Some(p) = json {
         write_atomic(p, json::json(r).as_bytes())?;
     }
     if let Some(p) = html {
-        let extras = match db {
-            Some(db) => crate::artifacts::html_extras(db, r, p.parent()),
-            None => Default::default(),
-        };
         write_atomic(p, html::html_with(r, &extras).as_bytes())?;
     }
     Ok(())
