@@ -50,7 +50,7 @@ impl Counts {
         Counts {
             tests: k.tests.len() + harness,
             failures: n(&[TestStatus::Failed, TestStatus::Crashed]),
-            errors: n(&[TestStatus::Error]) + harness,
+            errors: n(&[TestStatus::Error, TestStatus::BuildFailed]) + harness,
             skipped: n(&[TestStatus::Skipped]),
         }
     }
@@ -125,6 +125,14 @@ fn case(out: &mut String, classname: &str, t: &TestResult) {
         TestStatus::Passed => {}
         TestStatus::Skipped => {
             let _ = write!(body, "\n      <skipped message=\"{}\"/>", attr(&t.message));
+        }
+        TestStatus::BuildFailed => {
+            let _ = write!(
+                body,
+                "\n      <error message=\"{}\" type=\"build\">{}</error>",
+                attr(t.message.lines().next().unwrap_or_default()),
+                text(&t.message)
+            );
         }
         TestStatus::Error => {
             let _ = write!(

@@ -249,5 +249,6 @@ pub(super) fn summary(
         recovered: handled.is_some_and(Handled::succeeded),
         intact: handled.is_some_and(|h| h.intact),
         report: incident.report.clone(),
+        data_loss: None,
     }
 }
