@@ -8,6 +8,7 @@
 //! after a crash), [`steps`] (the step interpreter), [`exec`] (running things in the
 //! guest), [`cycles`] (the load generator).
 
+mod after_restart;
 mod cycles;
 mod exec;
 mod images;

@@ -295,8 +295,12 @@ pub(super) fn finished_result(
             recovery_ms: 0,
             recovered: true,
             intact: c.intact.unwrap_or(false),
+            data_loss: store
+                .data_loss(c.id)
+                .ok()
+                .flatten()
+                .map(|(detail, expected)| crate::results::DataLoss { detail, expected }),
             report: c.crash.report,
-            data_loss: None,
         })
         .collect();
     Some(TestResult {
