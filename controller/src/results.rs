@@ -22,6 +22,9 @@ pub enum TestStatus {
     Skipped,
     /// The harness could not run it (guest never booted, agent unreachable).
     Error,
+    /// The module (or the plan's image) did not build for this kernel; the message
+    /// carries the compiler's first errors.
+    BuildFailed,
 }
 
 impl TestStatus {
@@ -32,7 +35,7 @@ impl TestStatus {
 
     /// True when the harness brought the test to a verdict (anything but an error).
     pub fn reached_verdict(self) -> bool {
-        self != TestStatus::Error
+        !matches!(self, TestStatus::Error | TestStatus::BuildFailed)
     }
 
     /// The snake_case name (database, reports).
@@ -43,6 +46,7 @@ impl TestStatus {
             TestStatus::Crashed => "crashed",
             TestStatus::Skipped => "skipped",
             TestStatus::Error => "error",
+            TestStatus::BuildFailed => "build_failed",
         }
     }
 
@@ -54,6 +58,7 @@ impl TestStatus {
             TestStatus::Crashed,
             TestStatus::Skipped,
             TestStatus::Error,
+            TestStatus::BuildFailed,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -87,6 +92,20 @@ pub struct CrashSummary {
     pub intact: bool,
     /// The report text (may be long).
     pub report: String,
+    /// What the test's `after_restart` checks said when they failed after this crash
+    /// (data loss; `intact` is false unless the test expected it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_loss: Option<DataLoss>,
+}
+
+/// A failed `after_restart` check after a crash: the disk did not hold what was synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataLoss {
+    /// The failed check's message and output.
+    pub detail: String,
+    /// The test expected it (`expect_data_loss`: the fault tears a write on purpose and
+    /// the checks caught it).
+    pub expected: bool,
 }
 
 impl CrashSummary {

@@ -14,7 +14,9 @@ pub struct RecoveryRecord {
     pub duration_ms: u64,
     /// The run could go on afterwards.
     pub succeeded: bool,
-    /// Its report, console excerpt and forensics read back from the database as written.
+    /// Its report, console excerpt and forensics read back from the database as written,
+    /// and the test's `after_restart` checks passed after it (or caught the damage the
+    /// test made on purpose).
     pub intact: bool,
 }
 
@@ -47,8 +49,10 @@ pub struct Stats {
     pub mean_recovery_ms: f64,
     /// 95th percentile (nearest rank) of total recovery time per crash, ms.
     pub p95_recovery_ms: f64,
-    /// Of the recovered-from crashes, the share whose report, console excerpt and
-    /// forensics read back from the database intact before recovery acted on them.
+    /// Of the recovered-from crashes, the share after which the data survived: the
+    /// crash's report, console excerpt and forensics read back from the database intact
+    /// before recovery acted on them, and the test's `after_restart` checks (fsck,
+    /// read back what was synced) passed in the restarted guest.
     pub data_integrity: f64,
     /// Of the tests scheduled after a crash in their sequence, the share that still
     /// reached a verdict (1.0 when no test followed a crash).

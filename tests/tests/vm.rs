@@ -8,6 +8,8 @@
 
 #[path = "vm/byomod.rs"]
 mod byomod;
+#[path = "vm/byorun.rs"]
+mod byorun;
 #[path = "vm/cid.rs"]
 mod cid;
 #[path = "vm/faults.rs"]

@@ -80,6 +80,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         shard,
         resume: args.resume,
         images_dir: args.image_dir.unwrap_or_else(image::default_images_dir),
+        plan_dir: runner::plan_dir(args.plan.as_deref()),
         progress: if args.quiet {
             Progress::Quiet
         } else if std::io::stderr().is_terminal() {

@@ -208,6 +208,10 @@ pub struct Test {
     /// `[]` runs none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_restart: Option<Vec<Step>>,
+    /// The test damages the disk on purpose (a torn write before a crash): it passes
+    /// when its `after_restart` checks catch the damage, and fails when they do not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expect_data_loss: bool,
 }
 
 impl Plan {
@@ -390,6 +394,16 @@ fn check_guest(plan: &Plan) -> Result<(), String> {
                 "{place}: after_restart checks the disk after a crash; {bad:?} cannot be one of its steps"
             ));
         }
+    }
+    if let Some(t) = plan
+        .tests
+        .iter()
+        .find(|t| t.expect_data_loss && plan.after_restart(t).is_empty())
+    {
+        return Err(format!(
+            "test {:?}: expect_data_loss needs after_restart checks to catch it",
+            t.name
+        ));
     }
     if plan.module.source.as_deref() == Some("") {
         return Err("[module] source is empty".into());
@@ -646,5 +660,13 @@ steps = ["load", { mount = { target = "/mnt/m", device = "data" } }]
         let bogus = text.replace("after_restart = []", "after_restart = [{ bogus = 1 }]");
         let e = parse(&bogus, "m").unwrap_err();
         assert!(matches!(e, Error::Parse { .. }), "{e}");
+        let torn = text.replace(
+            "name = \"own\"\n",
+            "name = \"own\"\nexpect_data_loss = true\n",
+        );
+        let e = parse(&torn, "m").unwrap_err();
+        assert!(e.to_string().contains("expect_data_loss needs"), "{e}");
+        let ok = torn.replace("after_restart = []\n", "");
+        assert!(parse(&ok, "m").unwrap().tests[1].expect_data_loss);
     }
 }

@@ -183,13 +183,19 @@ fn matrix(o: &mut String, r: &RunResults) {
                 TestStatus::Crashed => ("CRASH", "crashed"),
                 TestStatus::Skipped => ("SKIP", "skipped"),
                 TestStatus::Error => ("ERROR", "error"),
+                TestStatus::BuildFailed => ("BUILD FAILED", "error"),
             };
             let mut tip: Vec<String> = t
                 .crashes
                 .iter()
                 .map(|c| {
                     let expected = if c.expected { "expected: " } else { "" };
-                    format!("{expected}{} [{}]", c.title, c.category)
+                    let loss = match &c.data_loss {
+                        Some(d) if d.expected => format!("; data loss caught: {}", d.detail),
+                        Some(d) => format!("; DATA LOSS: {}", d.detail),
+                        None => String::new(),
+                    };
+                    format!("{expected}{} [{}]{loss}", c.title, c.category)
                 })
                 .collect();
             if !t.message.is_empty() {

@@ -132,6 +132,14 @@ fn status(t: &TestResult, extras: &HashMap<i64, CrashExtras>) -> (TestCaseStatus
             s.set_message(&t.message);
             s
         }
+        TestStatus::BuildFailed => {
+            // The compiler's first errors: the first line as the message, all as text.
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+            s.set_message(t.message.lines().next().unwrap_or_default())
+                .set_type("build")
+                .set_description(&t.message);
+            s
+        }
         TestStatus::Error => {
             let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
             s.set_message(&t.message)

@@ -118,6 +118,8 @@ pub fn status(k: &KernelResults, t: &TestResult) -> Status {
         TestStatus::Failed | TestStatus::Crashed => Status::Fail,
         TestStatus::Error if t.attempts == 0 => Status::Miss,
         TestStatus::Error => Status::Error,
+        // The module did not build: the test never ran.
+        TestStatus::BuildFailed => Status::Miss,
         // Isolated after crashing repeatedly: the module is at fault.
         TestStatus::Skipped if t.crashes.iter().any(|c| !c.expected) => Status::Fail,
         TestStatus::Skipped if k.harness_error.is_some() => Status::Miss,
@@ -505,6 +507,7 @@ pub(crate) mod tests {
             recovery_ms: 3_400,
             recovered: true,
             report: format!("[   12.345678] {title}\n[   12.345700] CPU: 0 PID: 91 Comm: sh\0x\n"),
+            data_loss: None,
         }
     }
 

@@ -280,6 +280,7 @@ pub(crate) mod tests {
             recovered: true,
             intact: true,
             report: report.into(),
+            data_loss: None,
         }
     }
 

@@ -142,6 +142,7 @@ fn kernel(out: &mut String, k: &KernelResults, paint: &dyn Fn(Style, &str) -> St
             TestStatus::Crashed => ("CRASH", RED),
             TestStatus::Skipped => ("SKIP", YELLOW),
             TestStatus::Error => ("ERROR", MAGENTA),
+            TestStatus::BuildFailed => ("BUILD FAILED", MAGENTA),
         };
         // Pad before painting: escape codes would throw the columns off.
         let status = paint(code, &format!("{label:5}"));
@@ -161,6 +162,14 @@ fn kernel(out: &mut String, k: &KernelResults, paint: &dyn Fn(Style, &str) -> St
                 c.recovery_level,
                 dur(c.recovery_ms),
             );
+            if let Some(d) = &c.data_loss {
+                let what = if d.expected {
+                    "data loss caught"
+                } else {
+                    "DATA LOSS"
+                };
+                let _ = write!(detail, "  {what}: {}", one_line(&d.detail));
+            }
         }
         if !t.message.is_empty() && t.status != TestStatus::Passed {
             let _ = write!(detail, "  {}", one_line(&t.message));
@@ -195,6 +204,12 @@ fn kernel(out: &mut String, k: &KernelResults, paint: &dyn Fn(Style, &str) -> St
         dur(k.time_tests_ms),
         dur(k.time_recovery_ms),
     );
+    // The compiler's first errors, once per kernel (every test carries the same).
+    if let Some(t) = k.tests.iter().find(|t| t.status == TestStatus::BuildFailed) {
+        for l in t.message.lines() {
+            let _ = writeln!(out, "    {}", paint(DIM, l));
+        }
+    }
     if let Some(e) = &k.harness_error {
         let _ = writeln!(out, "  {} {}", paint(MAGENTA, "ABORTED"), one_line(e));
     }

@@ -8,13 +8,16 @@
 //! after a crash), [`steps`] (the step interpreter), [`exec`] (running things in the
 //! guest), [`cycles`] (the load generator).
 
+mod after_restart;
 mod cycles;
 mod exec;
+mod images;
 pub mod incident;
 mod progress;
 mod session;
 mod shard;
 mod steps;
+mod test_disks;
 mod test_run;
 
 use std::path::PathBuf;
@@ -23,10 +26,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
-use crate::results::{KernelResults, RecoveryEvent, RunResults};
+use crate::results::{KernelResults, RecoveryEvent, RunResults, TestStatus};
 use crate::store::{self, Store};
 use crate::vm::image;
 
+pub use images::plan_dir;
 pub use incident::crash_matches;
 
 /// A duration in whole milliseconds (saturating), as results and requests carry it.
@@ -86,6 +90,9 @@ pub struct RunConfig {
     pub images_dir: PathBuf,
     /// Progress output.
     pub progress: Progress,
+    /// The plan file's folder: a plan's `[module] source`, tools and disk images are
+    /// relative to it (see [`plan_dir`]).
+    pub plan_dir: PathBuf,
 }
 
 /// What the database keeps to resume a run.
@@ -142,18 +149,21 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
     let started_at_ms = store::now_ms();
     let mut manifests = Vec::new();
     for k in &cfg.kernels {
-        let m = image::select_image(&cfg.images_dir, Some(selector(k))).map_err(|source| {
-            Error::Image {
-                kernel: k.clone(),
-                source,
-            }
+        let (plan, k2) = (cfg.plan.clone(), k.clone());
+        let (images_dir, plan_dir) = (cfg.images_dir.clone(), cfg.plan_dir.clone());
+        // Builds run make, gcc and the image script: off the async threads.
+        let m = tokio::task::spawn_blocking(move || {
+            images::kernel_image(&plan, &k2, &images_dir, &plan_dir, &image::cache_dir())
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("image task: {e}")))?
+        .map_err(|source| Error::Image {
+            kernel: k.clone(),
+            source,
         })?;
         manifests.push(m);
     }
-    let releases: Vec<&str> = manifests
-        .iter()
-        .map(|m| m.kernel_release.as_str())
-        .collect();
+    let releases: Vec<&str> = manifests.iter().map(|m| m.kernel()).collect();
     let owned = slice(&releases, &cfg.plan.tests, cfg.shard);
     let reporter = Reporter {
         mode: cfg.progress,
@@ -162,7 +172,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
                 .iter()
                 .zip(&owned)
                 .map(|(m, t)| KernelStatus {
-                    kernel: m.kernel_release.clone(),
+                    kernel: m.kernel().to_string(),
                     total: t.len(),
                     ..Default::default()
                 })
@@ -172,19 +182,34 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
     let jobs = Arc::new(tokio::sync::Semaphore::new(cfg.jobs.max(1)));
     let plan = Arc::new(cfg.plan.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let mut kernels: Vec<(usize, KernelResults)> = Vec::new();
     for (ki, m) in manifests.iter().enumerate() {
         if owned[ki].is_empty() {
             continue;
         }
-        let (jobs, plan, m, tests) = (jobs.clone(), plan.clone(), m.clone(), owned[ki].clone());
-        let (db, reporter) = (cfg.db.clone(), reporter.clone());
+        let (manifest, module) = match m {
+            images::KernelImage::Ready { manifest, module } => (manifest.clone(), module.clone()),
+            images::KernelImage::BuildFailed { kernel, message } => {
+                reporter.line(&format!("[{kernel}] {message}"));
+                let r = build_failed(&store, run_id, &cfg.plan, kernel, &owned[ki], message);
+                reporter.update(ki, |k| k.done = owned[ki].len());
+                kernels.push((ki, r));
+                continue;
+            }
+        };
+        let (jobs, plan, tests) = (jobs.clone(), plan.clone(), owned[ki].clone());
+        let (db, reporter, plan_dir) = (cfg.db.clone(), reporter.clone(), cfg.plan_dir.clone());
         tasks.spawn(async move {
             let _permit = jobs.acquire_owned().await;
-            let r = session::run_kernel(&plan, &m, &tests, run_id, &db, &reporter, ki).await;
+            let k = session::Kernel {
+                manifest: &manifest,
+                module,
+                plan_dir: &plan_dir,
+            };
+            let r = session::run_kernel(&plan, &k, &tests, run_id, &db, &reporter, ki).await;
             (ki, r)
         });
     }
-    let mut kernels: Vec<(usize, KernelResults)> = Vec::new();
     while let Some(done) = tasks.join_next().await {
         match done {
             Ok((ki, r)) => kernels.push((ki, r)),
@@ -198,6 +223,30 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
     let status = if results.all_ok() { "passed" } else { "failed" };
     store.finish_run(run_id, status)?;
     Ok(results)
+}
+
+/// A kernel whose build failed: each of its tests is a "build failed" result (in the
+/// database too, so a resumed run builds and runs them again).
+fn build_failed(
+    store: &Store,
+    run_id: i64,
+    plan: &Plan,
+    kernel: &str,
+    tests: &[usize],
+    message: &str,
+) -> KernelResults {
+    let mut tests_out = Vec::new();
+    for &ti in tests {
+        let test = &plan.tests[ti];
+        if let Ok(id) = store.test_id(run_id, kernel, &test.name) {
+            let _ = store.set_test_status(id, TestStatus::BuildFailed.as_str(), message);
+        }
+        tests_out.push(images::build_failed_result(test, message));
+    }
+    KernelResults {
+        tests: tests_out,
+        ..session::no_results(kernel)
+    }
 }
 
 fn collect(

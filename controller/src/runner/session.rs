@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::Reporter;
 use super::incident::crash_matches;
+use super::test_disks::{DiskDir, relaunch_for_test};
 use super::test_run::{TestRun, run_test};
 use crate::guest::{CrashContext, Guest, ModuleSpec};
 use crate::plan::{Plan, Test};
@@ -21,10 +22,20 @@ fn say(progress: &Reporter, msg: &str) {
     progress.line(msg);
 }
 
+/// The kernel a session runs on: its image and the module to load from it.
+pub(super) struct Kernel<'a> {
+    /// The image.
+    pub(super) manifest: &'a Manifest,
+    /// Module name and in-guest path (built from source or the plan's).
+    pub(super) module: (String, String),
+    /// The plan's folder (disk images are relative to it).
+    pub(super) plan_dir: &'a std::path::Path,
+}
+
 /// Runs one kernel's tests on one guest (rebooted as recovery requires).
 pub(super) async fn run_kernel(
     plan: &Plan,
-    m: &Manifest,
+    k: &Kernel<'_>,
     tests: &[usize],
     run_id: i64,
     db: &std::path::Path,
@@ -32,17 +43,8 @@ pub(super) async fn run_kernel(
     slot: usize,
 ) -> KernelResults {
     let started = Instant::now();
-    let mut kr = KernelResults {
-        kernel: m.kernel_release.clone(),
-        accel: String::new(),
-        boot_ms: 0,
-        duration_ms: 0,
-        time_boot_ms: 0,
-        time_tests_ms: 0,
-        time_recovery_ms: 0,
-        tests: Vec::new(),
-        harness_error: None,
-    };
+    let m = k.manifest;
+    let mut kr = no_results(&m.kernel_release);
     let tag = format!("[{}]", m.kernel_release);
     let mut store = match Store::open(db) {
         Ok(s) => s,
@@ -61,8 +63,8 @@ pub(super) async fn run_kernel(
         vm_cfg.vsock_slot = crate::vm::VsockSlot::RootPort;
     }
     let module = ModuleSpec {
-        name: plan.module.name.clone(),
-        path: plan.module.path.clone(),
+        name: k.module.0.clone(),
+        path: k.module.1.clone(),
         params: plan.module.params.clone(),
         fstype: (!plan.module.fstype.is_empty()).then(|| plan.module.fstype.clone()),
         smoke_source: plan.module.smoke_source.clone(),
@@ -75,9 +77,23 @@ pub(super) async fn run_kernel(
         counters: None,
         fd_watch: Vec::new(),
     };
+    let base_cfg = vm_cfg.clone();
+    let mut disks = DiskDir::new(plan, run_id, slot, k.plan_dir);
+    if let (Some(d), Some(&first)) = (&mut disks, tests.first()) {
+        match d.fresh(plan, &plan.tests[first].name) {
+            Ok(list) => vm_cfg.disks = list,
+            Err(e) => {
+                for &ti in tests {
+                    kr.tests.push(error_result(&plan.tests[ti], &e));
+                }
+                kr.harness_error = Some(e);
+                return kr;
+            }
+        }
+    }
     say(progress, &format!("{tag} booting"));
     let boot = Instant::now();
-    let mut guest = match Guest::boot(vm_cfg, module, opts).await {
+    let mut guest = match Guest::boot(vm_cfg, module, opts.clone()).await {
         Ok(g) => crate::metrics::global().guest_booted(g),
         Err(e) => {
             let msg = format!("guest did not boot: {e}");
@@ -161,8 +177,19 @@ pub(super) async fn run_kernel(
             aborted = Some(why);
             continue;
         }
-        // fresh_vm = "per_test": every test after the first gets a brand-new guest.
-        if plan.guest.fresh_vm == crate::plan::FreshVm::PerTest && guest_used {
+        // Fresh disks need a fresh guest (QEMU fixes its disks at launch), which also
+        // serves fresh_vm = "per_test"; otherwise per_test restores a fresh guest.
+        if let Some(d) = disks.as_mut().filter(|d| d.needs_relaunch(&test.name)) {
+            match relaunch_for_test(&mut guest, &base_cfg, &opts, d, plan, &test.name).await {
+                Ok(took) => kr.time_boot_ms += ms(took),
+                Err(e) => {
+                    let _ = store.set_test_status(test_id, "error", &e);
+                    say(progress, &format!("{tag} {}: {e}", test.name));
+                    kr.tests.push(error_result(test, &e));
+                    continue;
+                }
+            }
+        } else if plan.guest.fresh_vm == crate::plan::FreshVm::PerTest && guest_used {
             let t = Instant::now();
             match guest.fresh_start().await {
                 Ok(how) => say(progress, &format!("{tag} fresh guest: {how}")),
@@ -231,6 +258,21 @@ pub(super) async fn run_kernel(
     kr
 }
 
+/// A kernel's results before anything ran on it.
+pub(super) fn no_results(kernel: &str) -> KernelResults {
+    KernelResults {
+        kernel: kernel.to_string(),
+        accel: String::new(),
+        boot_ms: 0,
+        duration_ms: 0,
+        time_boot_ms: 0,
+        time_tests_ms: 0,
+        time_recovery_ms: 0,
+        tests: Vec::new(),
+        harness_error: None,
+    }
+}
+
 pub(super) fn error_result(test: &Test, msg: &str) -> TestResult {
     TestResult {
         name: test.name.clone(),
@@ -276,6 +318,11 @@ pub(super) fn finished_result(
             recovery_ms: 0,
             recovered: true,
             intact: c.intact.unwrap_or(false),
+            data_loss: store
+                .data_loss(c.id)
+                .ok()
+                .flatten()
+                .map(|(detail, expected)| crate::results::DataLoss { detail, expected }),
             report: c.crash.report,
         })
         .collect();

@@ -244,7 +244,8 @@ impl<'a> Steps<'a> {
         if !m.options.is_empty() {
             argv.extend(["-o", m.options.as_str()]);
         }
-        argv.extend([m.source.as_str(), m.target.as_str()]);
+        let source = m.source_arg();
+        argv.extend([source.as_str(), m.target.as_str()]);
         let s = ExecStep {
             cmd: argv.join(" "),
             exit: if m.fails_with.is_some() {

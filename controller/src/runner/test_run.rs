@@ -5,6 +5,7 @@
 use super::ms;
 use std::time::{Duration, Instant};
 
+use super::after_restart;
 use super::incident::{self, Next};
 use super::steps::{Steps, StepsEnd};
 use crate::guest::{CrashContext, Guest, Handled};
@@ -72,6 +73,8 @@ pub(super) async fn run_test(
     let mut abort = None;
     let mut retried = 0;
     let mut expected_seen = false;
+    // An after_restart check caught the damage the test expects.
+    let mut caught = false;
     // The leak check compares with what the guest held before the test.
     if let Err(e) = guest.take_baseline().await {
         tracing::warn!("baseline sample before {}: {e}", test.name);
@@ -158,6 +161,21 @@ pub(super) async fn run_test(
                     if let Err(e) = guest.take_baseline().await {
                         tracing::warn!("baseline sample after restart: {e}");
                     }
+                    // Crash consistency: the disk as the crash left it, checked before
+                    // the test goes on.
+                    let checked = after_restart::run_checks(
+                        guest.client(),
+                        guest.module.clone(),
+                        plan,
+                        test,
+                        deadline,
+                        steps.attempt,
+                        &mut steps.records,
+                    )
+                    .await;
+                    if !after_restart::apply(checked, store, &mut result, &mut caught) {
+                        break;
+                    }
                 }
                 match next {
                     Next::End(status, message) => {
@@ -200,6 +218,12 @@ pub(super) async fn run_test(
                 break;
             }
         }
+    }
+    if result.status == TestStatus::Passed
+        && let Some(msg) = after_restart::expected_loss_missed(test, caught)
+    {
+        result.status = TestStatus::Failed;
+        result.message = msg;
     }
     if result.status == TestStatus::Passed && test.expect_crash.is_some() && !expected_seen {
         result.status = TestStatus::Failed;
@@ -249,5 +273,6 @@ pub(super) fn summary(
         recovered: handled.is_some_and(Handled::succeeded),
         intact: handled.is_some_and(|h| h.intact),
         report: incident.report.clone(),
+        data_loss: None,
     }
 }

@@ -219,6 +219,39 @@ impl Store {
         Ok(intact)
     }
 
+    /// Records that a test's `after_restart` checks failed after this crash: data loss.
+    /// Unless the test expected it, the crash no longer counts as intact (data
+    /// integrity is the share of crashes after which the records read back and these
+    /// checks pass).
+    pub fn record_data_loss(&self, crash_id: i64, detail: &str, expected: bool) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE crashes SET data_loss = ?2, data_loss_expected = ?3,
+                 intact = CASE WHEN ?3 THEN intact ELSE 0 END
+             WHERE id = ?1",
+            params![crash_id, detail, expected],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "crash",
+                id: crash_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// The data loss recorded for a crash (its check's output, and whether expected).
+    pub fn data_loss(&self, crash_id: i64) -> Result<Option<(String, bool)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT data_loss, data_loss_expected FROM crashes WHERE id = ?1",
+                params![crash_id],
+                |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?)),
+            )
+            .optional()?
+            .and_then(|(d, e)| d.map(|d| (d, e))))
+    }
+
     /// Per crash with a finished recovery: its summary row's duration and outcome and
     /// the integrity check (for [`crate::scorecard`]).
     pub fn recovery_records(&self, run_id: Option<i64>) -> Result<Vec<RecoveryRecord>> {

@@ -427,6 +427,40 @@ mod tests {
     }
 
     #[test]
+    fn data_loss_after_a_crash_fails_data_integrity_unless_expected() {
+        let mut s = Store::open_in_memory().unwrap();
+        let mut ids = Vec::new();
+        for t in ["lost", "caught"] {
+            let c = crash("x", "6.12", t, 100);
+            let id = s.record_crash(&c).unwrap();
+            assert!(s.verify_crash(id, &c).unwrap());
+            s.record_attempt(&NewAttempt {
+                crash_id: Some(id),
+                level: 2,
+                action: RECOVERY_SUMMARY.into(),
+                outcome: "succeeded".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            ids.push(id);
+        }
+        assert_eq!(s.stats(None).unwrap().data_integrity, 1.0);
+        assert_eq!(s.data_loss(ids[0]).unwrap(), None);
+        s.record_data_loss(ids[0], "cat /mnt/d/f: No such file", false)
+            .unwrap();
+        s.record_data_loss(ids[1], "fsck.vexfs: bad inode", true)
+            .unwrap();
+        assert_eq!(
+            s.data_loss(ids[0]).unwrap(),
+            Some(("cat /mnt/d/f: No such file".into(), false))
+        );
+        assert_eq!(s.crash(ids[0]).unwrap().intact, Some(false));
+        assert_eq!(s.crash(ids[1]).unwrap().intact, Some(true));
+        assert_eq!(s.stats(None).unwrap().data_integrity, 0.5);
+        assert!(s.record_data_loss(999, "x", false).is_err());
+    }
+
+    #[test]
     fn survives_reopen_and_refuses_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/crashes.db");

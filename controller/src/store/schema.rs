@@ -87,4 +87,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE crashes ADD COLUMN intact INTEGER;
     DROP TABLE samples;
     ",
+    // 3: data loss: what a test's after_restart checks said when they failed after the
+    // crash, and whether the test expected it (a deliberately torn write caught).
+    "
+    ALTER TABLE crashes ADD COLUMN data_loss TEXT;
+    ALTER TABLE crashes ADD COLUMN data_loss_expected INTEGER NOT NULL DEFAULT 0;
+    ",
 ];

@@ -95,9 +95,13 @@ fn minix_from_source_on_a_disk_survives_a_kill_and_is_fresh_per_test() {
         );
         let test = &p.tests[0];
         let mut cfg = config(&img.manifest);
-        cfg.disks =
-            disks::fresh_for_test(run_dir.path(), &test.name, &p.guest.disks, Path::new("."))
-                .unwrap();
+        cfg.disks = disks::fresh_for_test(
+            run_dir.path(),
+            &test.name,
+            &p.guest.disks,
+            &repo().join("examples/minix"),
+        )
+        .unwrap();
         let dev = "/dev/disk/by-name/data";
         rt().block_on(async {
             let (vm, mut client, _, _) = boot(&cfg).await;
@@ -133,7 +137,7 @@ fn minix_from_source_on_a_disk_survives_a_kill_and_is_fresh_per_test() {
             vm.shutdown(Duration::from_secs(10)).await;
             // The next test gets a fresh disk: no filesystem on it.
             let next = &p.tests[1];
-            cfg.disks = disks::fresh_for_test(run_dir.path(), &next.name, &p.guest.disks, Path::new("."))
+            cfg.disks = disks::fresh_for_test(run_dir.path(), &next.name, &p.guest.disks, &repo().join("examples/minix"))
                 .unwrap();
             let (vm, mut client, _, _) = boot(&cfg).await;
             let (code, out) = sh(&mut client, &format!("/sbin/fsck.minix {dev}")).await;

@@ -58,6 +58,7 @@ pub(crate) fn config(plan_text: &str, db: &std::path::Path) -> RunConfig {
         resume: None,
         images_dir: image::default_images_dir(),
         progress: Progress::Lines,
+        plan_dir: std::path::PathBuf::from("."),
     }
 }
 
