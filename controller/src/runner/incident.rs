@@ -100,6 +100,7 @@ pub async fn handle<G: GuestActions>(
     policy: Policy,
     step: usize,
     retried: u32,
+    keep: Option<&guest::Keep>,
 ) -> Result<(Handled, bool, Next), GuestError> {
     let was_expected = expected(test, incident);
     // An expected crash is the test doing its job: it never counts toward isolation.
@@ -111,7 +112,7 @@ pub async fn handle<G: GuestActions>(
         },
         ..ctx.clone()
     };
-    let h = guest::handle_crash(guest, store, incident, &ctx, policy).await?;
+    let h = guest::handle_crash_keeping(guest, store, incident, &ctx, policy, keep).await?;
     crate::metrics::global().crashed_and_recovered(incident.category, &h);
     let next = after_incident(test, incident, was_expected, h.fate, step, retried, &policy);
     Ok((h, was_expected, next))

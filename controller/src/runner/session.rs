@@ -132,6 +132,18 @@ pub(super) async fn run_kernel(
     let mut aborted: Option<String> = None;
     let total = tests.len();
     let mut guest_used = false;
+    // What a crash keeps beside its row: vmcores as the plan says, the module it ran.
+    let keep = crate::guest::Keep {
+        db_path: db.to_path_buf(),
+        forensics: plan.forensics.clone(),
+        module_ko: m.kernel.parent().and_then(|image| {
+            crate::artifacts::image_module_ko(
+                image.parent()?,
+                &m.kernel_release,
+                &k.module.0,
+            )
+        }),
+    };
     for (i, &ti) in tests.iter().enumerate() {
         let test = &plan.tests[ti];
         let test_id = match store.test_id(run_id, &m.kernel_release, &test.name) {
@@ -209,7 +221,7 @@ pub(super) async fn run_kernel(
             result,
             recovery_ms,
             mut abort,
-        } = run_test(&mut guest, &mut store, test, ctx, crashes, plan).await;
+        } = run_test(&mut guest, &mut store, test, ctx, crashes, plan, &keep).await;
         guest_used = true;
         kr.time_recovery_ms += recovery_ms;
         kr.time_tests_ms += result.duration_ms.saturating_sub(recovery_ms);

@@ -54,6 +54,7 @@ pub(super) async fn run_test(
     mut ctx: CrashContext,
     crashes: &mut u32,
     plan: &Plan,
+    keep: &crate::guest::Keep,
 ) -> TestRun {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(test.timeout_s);
@@ -145,7 +146,7 @@ pub(super) async fn run_test(
         }
         ctx.test_crashes = *crashes;
         let step = steps.current;
-        match incident::handle(guest, store, test, &incident, &ctx, policy, step, retried).await {
+        match incident::handle(guest, store, test, &incident, &ctx, policy, step, retried, Some(keep)).await {
             Ok((h, was_expected, next)) => {
                 recovery_ms += ms(h.duration);
                 result

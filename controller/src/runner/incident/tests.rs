@@ -62,6 +62,7 @@ fn go(
         Policy::default(),
         step,
         retried,
+        None,
     ))
     .unwrap()
 }
