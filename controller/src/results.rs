@@ -155,6 +155,10 @@ pub struct TestResult {
     pub steps: Vec<StepRecord>,
     /// Measurements the steps recorded (name → value), e.g. op times, error rates.
     pub metrics: Vec<(String, f64)>,
+    /// What the watcher saw that did not end the test: kernel log records lost, tasks
+    /// seen blocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Everything about one kernel of the matrix.

@@ -526,6 +526,7 @@ pub(crate) mod tests {
             attempts,
             steps: vec![],
             metrics: vec![],
+            notes: Vec::new(),
         };
         let mut cycles = t("cycles-1000-sequential", TestStatus::Passed, 41_000, "", 1);
         cycles.metrics = vec![("mount_ms_p95".into(), 3.2), ("error_rate".into(), 0.0)];

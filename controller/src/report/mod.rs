@@ -264,6 +264,7 @@ pub(crate) mod tests {
             attempts: 1,
             steps: vec![],
             metrics: vec![],
+            notes: Vec::new(),
         }
     }
 

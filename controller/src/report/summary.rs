@@ -188,6 +188,13 @@ fn kernel(out: &mut String, k: &KernelResults, paint: &dyn Fn(Style, &str) -> St
             t.name,
         );
         let _ = writeln!(out, "{}", line.trim_end());
+        for note in &t.notes {
+            let _ = writeln!(
+                out,
+                "      {}",
+                paint(DIM, &format!("note: {}", one_line(note)))
+            );
+        }
     }
     let n = |st: TestStatus| k.tests.iter().filter(|t| t.status == st).count();
     let _ = writeln!(
@@ -293,5 +300,16 @@ mod tests {
         let s = summary(&r, false);
         assert!(s.contains("PASSED: 2 tests"), "{s}");
         assert!(s.contains("evil \\x1b[2J title ..."), "{s}");
+    }
+
+    #[test]
+    fn notes_print_under_their_test() {
+        let mut r = sample();
+        r.kernels[0].tests[0].notes = vec!["kernel log records 3..=4 lost".into()];
+        let s = summary(&r, false);
+        assert!(
+            s.contains("  mount_basic\n      note: kernel log records 3..=4 lost\n"),
+            "{s}"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod cycles;
 mod exec;
 mod images;
 pub mod incident;
+mod notes;
 mod progress;
 mod session;
 mod shard;

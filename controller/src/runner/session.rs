@@ -137,11 +137,7 @@ pub(super) async fn run_kernel(
         db_path: db.to_path_buf(),
         forensics: plan.forensics.clone(),
         module_ko: m.kernel.parent().and_then(|image| {
-            crate::artifacts::image_module_ko(
-                image.parent()?,
-                &m.kernel_release,
-                &k.module.0,
-            )
+            crate::artifacts::image_module_ko(image.parent()?, &m.kernel_release, &k.module.0)
         }),
     };
     for (i, &ti) in tests.iter().enumerate() {
@@ -296,6 +292,7 @@ pub(super) fn error_result(test: &Test, msg: &str) -> TestResult {
         attempts: 0,
         steps: Vec::new(),
         metrics: Vec::new(),
+        notes: Vec::new(),
     }
 }
 
@@ -348,5 +345,6 @@ pub(super) fn finished_result(
         attempts: u32::try_from(attempts).unwrap_or(0),
         steps: Vec::new(),
         metrics: Vec::new(),
+        notes: Vec::new(),
     })
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::after_restart;
 use super::incident::{self, Next};
+use super::notes;
 use super::steps::{Steps, StepsEnd};
 use crate::guest::{CrashContext, Guest, Handled};
 use crate::incident::Incident;
@@ -68,6 +69,7 @@ pub(super) async fn run_test(
         attempts: 1,
         steps: Vec::new(),
         metrics: Vec::new(),
+        notes: Vec::new(),
     };
     let policy = policy(plan);
     let mut recovery_ms = 0;
@@ -97,13 +99,18 @@ pub(super) async fn run_test(
         }
         let race = if settled {
             // Crashes the last step caused show up a moment later.
-            Race::Incident(guest.watch().next_incident(SETTLE.min(left), |_| {}).await)
+            Race::Incident(
+                guest
+                    .watch()
+                    .next_incident(SETTLE.min(left), |o| notes::observe(&mut result.notes, o))
+                    .await,
+            )
         } else {
             let run = steps.run_from(from);
             tokio::pin!(run);
             tokio::select! {
                 end = &mut run => Race::Steps(end),
-                inc = guest.watch().next_incident(left, |_| {}) => Race::Incident(inc),
+                inc = guest.watch().next_incident(left, |o| notes::observe(&mut result.notes, o)) => Race::Incident(inc),
             }
         };
         let incident = match race {
@@ -146,7 +153,19 @@ pub(super) async fn run_test(
         }
         ctx.test_crashes = *crashes;
         let step = steps.current;
-        match incident::handle(guest, store, test, &incident, &ctx, policy, step, retried, Some(keep)).await {
+        match incident::handle(
+            guest,
+            store,
+            test,
+            &incident,
+            &ctx,
+            policy,
+            step,
+            retried,
+            Some(keep),
+        )
+        .await
+        {
             Ok((h, was_expected, next)) => {
                 recovery_ms += ms(h.duration);
                 result

@@ -632,9 +632,17 @@ mod tests {
         assert!(g.panicked && g.stopped && !g.shutdown);
         assert_eq!(g.resets, 2);
         assert_eq!(g.last.as_deref(), Some("STOP"));
-        assert_eq!(g.state, VmState::GuestPanicked, "STOP after a panic keeps it");
+        assert_eq!(
+            g.state,
+            VmState::GuestPanicked,
+            "STOP after a panic keeps it"
+        );
         g.record("RESUME");
-        assert_eq!(g.state, VmState::GuestPanicked, "RESUME does not clear a panic");
+        assert_eq!(
+            g.state,
+            VmState::GuestPanicked,
+            "RESUME does not clear a panic"
+        );
         g.record("RESET");
         assert_eq!(g.state, VmState::Running, "a reset does");
         g.record("STOP");
