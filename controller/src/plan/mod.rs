@@ -22,9 +22,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 mod guest;
+mod requires;
 mod steps;
 
 pub use guest::*;
+pub use requires::*;
 pub use steps::*;
 
 /// Errors of plan loading and checking.
@@ -203,6 +205,10 @@ pub struct Test {
     /// `[]` runs none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_restart: Option<Vec<Step>>,
+    /// Kernel config options the test needs (`["CONFIG_KASAN"]`); on a kernel without
+    /// one the test is skipped with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ConfigOption>,
 }
 
 impl Plan {

@@ -52,6 +52,14 @@ pub enum Error {
         /// The cause.
         source: image::ImageError,
     },
+    /// A built kernel or kernel tree could not be made ready.
+    #[error("kernel {kernel}: {source}")]
+    Kernel {
+        /// The selector.
+        kernel: String,
+        /// The cause.
+        source: crate::build::kernel::KernelError,
+    },
     /// The resumed run's saved plan is unusable.
     #[error("cannot resume run {run}: {why}")]
     Resume {
@@ -142,12 +150,19 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
     let started_at_ms = store::now_ms();
     let mut manifests = Vec::new();
     for k in &cfg.kernels {
-        let m = image::select_image(&cfg.images_dir, Some(selector(k))).map_err(|source| {
-            Error::Image {
+        // debug-6.12 or a tree: built (when missing) into an image named by its release.
+        let wanted = crate::build::kernel::prepare(k, &image::cache_dir(), &cfg.images_dir)
+            .map_err(|source| Error::Kernel {
                 kernel: k.clone(),
                 source,
-            }
-        })?;
+            })?;
+        let m =
+            image::select_image(&cfg.images_dir, Some(selector(&wanted))).map_err(|source| {
+                Error::Image {
+                    kernel: k.clone(),
+                    source,
+                }
+            })?;
         manifests.push(m);
     }
     let releases: Vec<&str> = manifests

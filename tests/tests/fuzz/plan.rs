@@ -175,6 +175,7 @@ fn random_test(rng: &mut Rng, index: usize) -> Test {
         },
         steps,
         after_restart: None,
+        requires: Vec::new(),
     }
 }
 
