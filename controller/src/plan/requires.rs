@@ -212,4 +212,27 @@ mod tests {
         let back = crate::plan::parse(&toml::to_string(&p).unwrap(), "back").unwrap();
         assert_eq!(back.tests[0].requires, p.tests[0].requires);
     }
+
+    #[test]
+    fn the_debug_plan_requires_a_detector_for_every_test() {
+        let p =
+            crate::plan::parse(include_str!("../../../plans/debug.toml"), "debug.toml").unwrap();
+        let debian = KernelConfig::parse("CONFIG_KFENCE=y\n");
+        for t in &p.tests {
+            let why = unmet(&t.requires, Some(&debian), "6.12.117+deb12-amd64");
+            assert!(
+                why.is_some_and(|w| w.contains("lacks")),
+                "{} would run",
+                t.name
+            );
+        }
+        let debug = KernelConfig::parse(
+            "CONFIG_KASAN=y\nCONFIG_PROVE_LOCKING=y\nCONFIG_DEBUG_KMEMLEAK=y\n",
+        );
+        assert!(
+            p.tests
+                .iter()
+                .all(|t| unmet(&t.requires, Some(&debug), "d").is_none())
+        );
+    }
 }
