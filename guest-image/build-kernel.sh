@@ -8,6 +8,7 @@
 #                     guest-6.12, guest-6.1 (guest.config only)
 #   --config FILE     merge this fragment last (repeatable; part of the cache key)
 #   --dir             print the tree's folder and whether it is built; build nothing
+#   --configure-only  unpack and configure (fragments checked), do not compile
 #   -q, --quiet       no progress lines, print only the tree's folder
 #
 # The last line printed is the built tree (include/config/kernel.release, .config,
@@ -29,13 +30,15 @@ RECIPE=1
 name=""
 extra=()
 only_dir=0
+configure_only=0
 quiet=0
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --config) extra+=("${2:?--config FILE}"); shift 2 ;;
         --config=*) extra+=("${1#*=}"); shift ;;
         --dir) only_dir=1; shift ;;
+        --configure-only) configure_only=1; shift ;;
         -q|--quiet) quiet=1; shift ;;
         -h|--help) usage 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
@@ -136,6 +139,12 @@ if [ ! -f "$dir/.vexfs-configured" ]; then
         die "kernel config for $name is not what the fragments ask for (fix guest-image/kernel/*.config)"
     fi
     touch "$dir/.vexfs-configured"
+fi
+
+if [ "$configure_only" = 1 ]; then
+    say "configured $name ($(make -s -C "$dir" kernelrelease)): every fragment option survived"
+    echo "$dir"
+    exit 0
 fi
 
 # ---- build ----------------------------------------------------------------------------
