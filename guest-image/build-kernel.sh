@@ -141,15 +141,20 @@ if [ ! -f "$dir/.vexfs-configured" ]; then
     touch "$dir/.vexfs-configured"
 fi
 
+# make kernelrelease reads include/config/auto.conf, which only the build writes.
+planned_release() {
+    printf '%s%s\n' "$(make -s -C "$dir" kernelversion)" \
+        "$(sed -n 's/^CONFIG_LOCALVERSION="\(.*\)"$/\1/p' "$dir/.config")"
+}
 if [ "$configure_only" = 1 ]; then
-    say "configured $name ($(make -s -C "$dir" kernelrelease)): every fragment option survived"
+    say "configured $name ($(planned_release)): every fragment option survived"
     echo "$dir"
     exit 0
 fi
 
 # ---- build ----------------------------------------------------------------------------
 jobs="${VEXFS_KERNEL_JOBS:-2}"
-release=$(make -s -C "$dir" kernelrelease)
+release=$(planned_release)
 say "building $name ($release): nice -n 19 make -j$jobs bzImage modules (log: $dir/.vexfs-build.log)"
 (cd "$dir" && nice -n 19 make -j"$jobs" bzImage modules > .vexfs-build.log 2>&1) &
 mk=$!
@@ -169,6 +174,7 @@ fi
 for f in include/config/kernel.release .config arch/x86/boot/bzImage vmlinux Module.symvers; do
     [ -f "$dir/$f" ] || die "build finished but $dir/$f is missing"
 done
+release=$(cat "$dir/include/config/kernel.release")
 secs=$(( $(date +%s) - start ))
 echo "$secs" > "$dir/.vexfs-build-seconds"
 touch "$dir/.vexfs-ready"
