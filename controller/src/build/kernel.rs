@@ -255,4 +255,56 @@ mod tests {
         assert!(c.has(&crate::plan::ConfigOption::new("CONFIG_KASAN").unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A fake tree, complete except for what `files` leaves out, with `config`.
+    fn fake_tree(tag: &str, files: &[&str], config: &str) -> PathBuf {
+        let t = std::env::temp_dir().join(format!("vexfs-tree-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        for f in files {
+            let p = t.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "").unwrap();
+        }
+        std::fs::create_dir_all(t.join("include/config")).unwrap();
+        std::fs::write(t.join("include/config/kernel.release"), "6.12.0-fake\n").unwrap();
+        std::fs::write(t.join(".config"), config).unwrap();
+        t
+    }
+
+    #[test]
+    fn build_image_names_what_a_tree_lacks() {
+        let cache = std::env::temp_dir().join(format!("vexfs-tree-cache-{}", std::process::id()));
+        let unbuilt = fake_tree(
+            "unbuilt",
+            &["Makefile", "Module.symvers"],
+            "CONFIG_MODULES=y\n",
+        );
+        let e = prepare(unbuilt.to_str().unwrap(), &cache, &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not built: no arch/x86/boot/bzImage"), "{e}");
+        let bare = fake_tree(
+            "bare",
+            &["Makefile", "Module.symvers", "arch/x86/boot/bzImage"],
+            "CONFIG_MODULES=y\nCONFIG_VIRTIO_PCI=m\nCONFIG_VSOCKETS=y\n",
+        );
+        let e = prepare(bare.to_str().unwrap(), &cache, &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lacks what the guest needs"), "{e}");
+        for o in [
+            "CONFIG_VIRTIO_VSOCKETS",
+            "CONFIG_PVPANIC_PCI",
+            "CONFIG_BLK_DEV_INITRD=y",
+        ] {
+            assert!(e.contains(o), "{o} not named in {e}");
+        }
+        assert!(
+            !e.contains("CONFIG_VIRTIO_PCI ") && !e.contains("CONFIG_VSOCKETS "),
+            "{e}"
+        );
+        for d in [unbuilt, bare, cache] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
