@@ -52,8 +52,9 @@ pub enum Error {
         /// The cause.
         source: image::ImageError,
     },
-    /// A built kernel or kernel tree could not be made ready.
-    #[error("kernel {kernel}: {source}")]
+    /// A built kernel or kernel tree could not be made ready (the cause follows in
+    /// the error chain).
+    #[error("kernel {kernel}")]
     Kernel {
         /// The selector.
         kernel: String,
