@@ -8,6 +8,7 @@
 #                     guest-6.12, guest-6.1 (guest.config only)
 #   --config FILE     merge this fragment last (repeatable; part of the cache key)
 #   --dir             print the tree's folder and whether it is built; build nothing
+#   --configure-only  unpack and configure (fragments checked), do not compile
 #   -q, --quiet       no progress lines, print only the tree's folder
 #
 # The last line printed is the built tree (include/config/kernel.release, .config,
@@ -29,13 +30,15 @@ RECIPE=1
 name=""
 extra=()
 only_dir=0
+configure_only=0
 quiet=0
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --config) extra+=("${2:?--config FILE}"); shift 2 ;;
         --config=*) extra+=("${1#*=}"); shift ;;
         --dir) only_dir=1; shift ;;
+        --configure-only) configure_only=1; shift ;;
         -q|--quiet) quiet=1; shift ;;
         -h|--help) usage 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
@@ -138,9 +141,20 @@ if [ ! -f "$dir/.vexfs-configured" ]; then
     touch "$dir/.vexfs-configured"
 fi
 
+# make kernelrelease reads include/config/auto.conf, which only the build writes.
+planned_release() {
+    printf '%s%s\n' "$(make -s -C "$dir" kernelversion)" \
+        "$(sed -n 's/^CONFIG_LOCALVERSION="\(.*\)"$/\1/p' "$dir/.config")"
+}
+if [ "$configure_only" = 1 ]; then
+    say "configured $name ($(planned_release)): every fragment option survived"
+    echo "$dir"
+    exit 0
+fi
+
 # ---- build ----------------------------------------------------------------------------
 jobs="${VEXFS_KERNEL_JOBS:-2}"
-release=$(make -s -C "$dir" kernelrelease)
+release=$(planned_release)
 say "building $name ($release): nice -n 19 make -j$jobs bzImage modules (log: $dir/.vexfs-build.log)"
 (cd "$dir" && nice -n 19 make -j"$jobs" bzImage modules > .vexfs-build.log 2>&1) &
 mk=$!
@@ -160,6 +174,7 @@ fi
 for f in include/config/kernel.release .config arch/x86/boot/bzImage vmlinux Module.symvers; do
     [ -f "$dir/$f" ] || die "build finished but $dir/$f is missing"
 done
+release=$(cat "$dir/include/config/kernel.release")
 secs=$(( $(date +%s) - start ))
 echo "$secs" > "$dir/.vexfs-build-seconds"
 touch "$dir/.vexfs-ready"

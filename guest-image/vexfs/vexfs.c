@@ -863,6 +863,87 @@ static noinline int vexfs_fault_corrupt_inode(void)
 	return n ? 0 : -ENOENT;
 }
 
+/* ---- faults for the debug kernels' detectors (KASAN, lockdep, kmemleak) ---- */
+/*
+ * Each needs its detector: without it the bug would go unseen, so the fault
+ * refuses (-EOPNOTSUPP) rather than let a test pass on a kernel that cannot
+ * catch it. Plan tests for them say requires = ["CONFIG_KASAN"] and so on.
+ */
+static DEFINE_MUTEX(vexfs_abba_a);
+static DEFINE_MUTEX(vexfs_abba_b);
+
+static noinline int vexfs_fault_kasan_uaf(void)
+{
+	struct vexfs_victim *v;
+	unsigned long val;
+
+	if (!IS_ENABLED(CONFIG_KASAN))
+		return -EOPNOTSUPP;
+	v = kmalloc(sizeof(*v), GFP_KERNEL);
+	if (!v)
+		return -ENOMEM;
+	v->state = 1;
+	kfree(v);
+	OPTIMIZER_HIDE_VAR(v);
+	val = READ_ONCE(v->state);	/* KASAN: slab-use-after-free */
+	pr_info("kasan_uaf read returned %lu\n", val);
+	return 0;
+}
+
+static noinline int vexfs_fault_kasan_oob(void)
+{
+	const size_t size = 37;	/* not a multiple of 8: KASAN's byte-exact redzone */
+	char *p, *bad;
+	char val;
+
+	if (!IS_ENABLED(CONFIG_KASAN))
+		return -EOPNOTSUPP;
+	p = kzalloc(size, GFP_KERNEL);
+	if (!p)
+		return -ENOMEM;
+	bad = p + size;
+	OPTIMIZER_HIDE_VAR(bad);
+	val = READ_ONCE(*bad);		/* KASAN: slab-out-of-bounds */
+	pr_info("kasan_oob read returned %d\n", val);
+	kfree(p);
+	return 0;
+}
+
+/* A then B, later B then A, in one task: lockdep reports the circular
+ * dependency at once, although nothing ever blocks. */
+static noinline int vexfs_fault_abba(void)
+{
+	if (!IS_ENABLED(CONFIG_PROVE_LOCKING))
+		return -EOPNOTSUPP;
+	mutex_lock(&vexfs_abba_a);
+	mutex_lock(&vexfs_abba_b);
+	mutex_unlock(&vexfs_abba_b);
+	mutex_unlock(&vexfs_abba_a);
+	mutex_lock(&vexfs_abba_b);
+	mutex_lock(&vexfs_abba_a);	/* possible circular locking dependency */
+	mutex_unlock(&vexfs_abba_a);
+	mutex_unlock(&vexfs_abba_b);
+	return 0;
+}
+
+/* One object whose last pointer is dropped: the next kmemleak scan reports it
+ * as unreferenced, with this function in its allocation backtrace. */
+static noinline int vexfs_fault_kmemleak(void)
+{
+	void *p;
+
+	if (!IS_ENABLED(CONFIG_DEBUG_KMEMLEAK))
+		return -EOPNOTSUPP;
+	p = kmalloc(256, GFP_KERNEL);
+	if (!p)
+		return -ENOMEM;
+	memset(p, 0x5a, 256);
+	pr_info("kmemleak: dropped the only pointer to %zu bytes\n", (size_t)256);
+	OPTIMIZER_HIDE_VAR(p);
+	p = NULL;
+	return 0;
+}
+
 struct vexfs_fault {
 	const char *name;
 	const char *what;
@@ -880,6 +961,11 @@ static const struct vexfs_fault vexfs_faults[] = {
 	{ "uaf", "use-after-free read of a KFENCE object" },
 	{ "oob", "out-of-bounds read of a KFENCE object" },
 	{ "corrupt_inode", "corrupt all in-memory file inodes (I/O then fails with EUCLEAN)" },
+	/* debug kernels only (EOPNOTSUPP elsewhere) */
+	{ "kasan_uaf", "use-after-free read of a slab object (KASAN)" },
+	{ "kasan_oob", "out-of-bounds read past a slab object (KASAN)" },
+	{ "abba", "ABBA lock order in one task (lockdep circular dependency)" },
+	{ "kmemleak", "an unreferenced 256-byte object (kmemleak scan)" },
 };
 
 static int vexfs_fire_fault(const char *name)
@@ -909,6 +995,14 @@ static int vexfs_fire_fault(const char *name)
 		return vexfs_fault_oob();
 	else if (!strcmp(name, "corrupt_inode"))
 		return vexfs_fault_corrupt_inode();
+	else if (!strcmp(name, "kasan_uaf"))
+		return vexfs_fault_kasan_uaf();
+	else if (!strcmp(name, "kasan_oob"))
+		return vexfs_fault_kasan_oob();
+	else if (!strcmp(name, "abba"))
+		return vexfs_fault_abba();
+	else if (!strcmp(name, "kmemleak"))
+		return vexfs_fault_kmemleak();
 	else
 		return -EINVAL;
 	return 0;

@@ -3,6 +3,7 @@
 //! Everything lands in the vexfs cache; nothing is written into the user's trees.
 
 pub mod image;
+pub mod kernel;
 pub mod module;
 pub mod tools;
 

@@ -19,8 +19,9 @@ pub struct RunArgs {
     /// Test plan (TOML); default: the built-in crash scenario suite (plans/default.toml).
     #[arg(long)]
     pub plan: Option<PathBuf>,
-    /// Kernel to run on (release, prefix such as 6.1, or latest-6.12); repeat for a
-    /// matrix. Default: the plan's kernels.
+    /// Kernel to run on (release, prefix such as 6.1, or latest-6.12; debug-6.12 or
+    /// debug-6.1 for a KASAN/lockdep kernel built from Debian's source; or the path of
+    /// a built kernel tree); repeat for a matrix. Default: the plan's kernels.
     #[arg(long = "kernel")]
     pub kernels: Vec<String>,
     /// Guests at a time (default: one per two cores, at least one).

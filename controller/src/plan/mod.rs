@@ -23,10 +23,12 @@ use serde::{Deserialize, Serialize};
 
 mod forensics;
 mod guest;
+mod requires;
 mod steps;
 
 pub use forensics::*;
 pub use guest::*;
+pub use requires::*;
 pub use steps::*;
 
 /// Errors of plan loading and checking.
@@ -212,6 +214,10 @@ pub struct Test {
     /// when its `after_restart` checks catch the damage, and fails when they do not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expect_data_loss: bool,
+    /// Kernel config options the test needs (`["CONFIG_KASAN"]`); on a kernel without
+    /// one the test is skipped with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ConfigOption>,
 }
 
 impl Plan {

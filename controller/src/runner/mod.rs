@@ -57,6 +57,15 @@ pub enum Error {
         /// The cause.
         source: image::ImageError,
     },
+    /// A built kernel or kernel tree could not be made ready (the cause follows in
+    /// the error chain).
+    #[error("kernel {kernel}")]
+    Kernel {
+        /// The selector.
+        kernel: String,
+        /// The cause.
+        source: crate::build::kernel::KernelError,
+    },
     /// The resumed run's saved plan is unusable.
     #[error("cannot resume run {run}: {why}")]
     Resume {
@@ -152,16 +161,28 @@ pub async fn run(mut cfg: RunConfig) -> Result<RunResults, Error> {
     for k in &cfg.kernels {
         let (plan, k2) = (cfg.plan.clone(), k.clone());
         let (images_dir, plan_dir) = (cfg.images_dir.clone(), cfg.plan_dir.clone());
-        // Builds run make, gcc and the image script: off the async threads.
+        // Builds run make, gcc and the image script (a debug kernel takes minutes):
+        // off the async threads.
         let m = tokio::task::spawn_blocking(move || {
-            images::kernel_image(&plan, &k2, &images_dir, &plan_dir, &image::cache_dir())
+            let cache = image::cache_dir();
+            // debug-6.12 or a tree: built (when missing) into an image named by its
+            // release.
+            let wanted =
+                crate::build::kernel::prepare(&k2, &cache, &images_dir).map_err(|source| {
+                    Error::Kernel {
+                        kernel: k2.clone(),
+                        source,
+                    }
+                })?;
+            images::kernel_image(&plan, &wanted, &images_dir, &plan_dir, &cache).map_err(|source| {
+                Error::Image {
+                    kernel: k2.clone(),
+                    source,
+                }
+            })
         })
         .await
-        .map_err(|e| Error::Invalid(format!("image task: {e}")))?
-        .map_err(|source| Error::Image {
-            kernel: k.clone(),
-            source,
-        })?;
+        .map_err(|e| Error::Invalid(format!("image task: {e}")))??;
         manifests.push(m);
     }
     let releases: Vec<&str> = manifests.iter().map(|m| m.kernel()).collect();

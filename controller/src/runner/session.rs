@@ -128,6 +128,7 @@ pub(super) async fn run_kernel(
             &format!("{tag} loading {} failed: {other:?}", plan.module.name),
         ),
     }
+    let kconfig = crate::build::kernel::image_config(m);
     let mut crash_counts: HashMap<String, u32> = HashMap::new();
     let mut aborted: Option<String> = None;
     let total = tests.len();
@@ -161,6 +162,19 @@ pub(super) async fn run_kernel(
             );
             progress.update(slot, |k| k.done = i + 1);
             kr.tests.push(prev);
+            continue;
+        }
+        if let Some(why) = crate::plan::unmet(&test.requires, kconfig.as_ref(), &m.kernel_release) {
+            say(
+                progress,
+                &format!("{tag} {}/{total} {}: skipped ({why})", i + 1, test.name),
+            );
+            let _ = store.set_test_status(test_id, "skipped", &why);
+            progress.update(slot, |k| k.done = i + 1);
+            kr.tests.push(TestResult {
+                status: TestStatus::Skipped,
+                ..error_result(test, &why)
+            });
             continue;
         }
         if let Some(why) = &aborted {

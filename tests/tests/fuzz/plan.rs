@@ -178,6 +178,7 @@ fn random_test(rng: &mut Rng, index: usize) -> Test {
         steps,
         after_restart: None,
         expect_data_loss: false,
+        requires: Vec::new(),
     }
 }
 
