@@ -42,31 +42,39 @@ pub(super) fn verified_detail(old: &HealthReply, new: &HealthReply, took: Durati
     format!("{how} in {:.1} s", took.as_secs_f64())
 }
 
+/// The restart of [`Guest::fresh_start`] on any guest: relaunch, verify, load, stopping
+/// at the first action that does not succeed. Returns the relaunch's detail (restored
+/// or cold booted, and why) or what failed.
+pub(crate) async fn fresh_start_on<G: GuestActions>(guest: &mut G) -> Result<String, String> {
+    let mut how = String::new();
+    for action in [
+        Action::RelaunchVm,
+        Action::VerifyCleanBoot,
+        Action::LoadModule,
+    ] {
+        let done = guest.perform(&action).await;
+        if done.outcome != Outcome::Succeeded {
+            return Err(format!(
+                "{} {}: {}",
+                action.name(),
+                done.outcome.as_str(),
+                done.detail
+            ));
+        }
+        if action == Action::RelaunchVm {
+            how = done.detail;
+        }
+    }
+    Ok(how)
+}
+
 impl Guest {
     /// A brand-new guest before a test (`fresh_vm = "per_test"`): the running one is
     /// killed, the snapshot restored (or a cold boot), checked fresh and clean, and the
     /// module under test loaded. Returns a line saying how, for the progress output.
     pub async fn fresh_start(&mut self) -> Result<String, GuestError> {
         let t0 = Instant::now();
-        let mut how = String::new();
-        for action in [
-            Action::RelaunchVm,
-            Action::VerifyCleanBoot,
-            Action::LoadModule,
-        ] {
-            let done = self.perform(&action).await;
-            if done.outcome != Outcome::Succeeded {
-                return Err(GuestError::Unclean(format!(
-                    "{} {}: {}",
-                    action.name(),
-                    done.outcome.as_str(),
-                    done.detail
-                )));
-            }
-            if action == Action::RelaunchVm {
-                how = done.detail;
-            }
-        }
+        let how = fresh_start_on(self).await.map_err(GuestError::Unclean)?;
         Ok(format!(
             "{how}; module loaded, {:.2} s in all",
             t0.elapsed().as_secs_f64()
@@ -76,6 +84,7 @@ impl Guest {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::FakeGuest;
     use super::*;
 
     const DIED: u64 = 1 << 7;
@@ -115,6 +124,36 @@ mod tests {
             judge_restart(&health("a", 0, DIED), &health("a", 0, DIED)),
             Judged::Stale(_)
         ));
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_fresh_start_relaunches_verifies_and_loads() {
+        let mut g = FakeGuest::live(0);
+        let how = block_on(fresh_start_on(&mut g)).unwrap();
+        assert_eq!(
+            g.performed,
+            ["relaunch_vm", "verify_clean_boot", "load_module"]
+        );
+        assert_eq!(how, "fake relaunch_vm");
+        assert!(!g.acknowledged, "not a recovery");
+    }
+
+    #[test]
+    fn a_fresh_start_stops_at_the_first_failure() {
+        let mut g = FakeGuest::live(0).on("verify_clean_boot", &[Outcome::Failed]);
+        let e = block_on(fresh_start_on(&mut g)).unwrap_err();
+        assert_eq!(g.performed, ["relaunch_vm", "verify_clean_boot"]);
+        assert_eq!(e, "verify_clean_boot failed: fake verify_clean_boot");
+        let mut g = FakeGuest::live(0).on("relaunch_vm", &[Outcome::Failed]);
+        assert!(block_on(fresh_start_on(&mut g)).is_err());
+        assert_eq!(g.performed, ["relaunch_vm"]);
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Started {
 
 /// Restores `cfg`'s snapshot (taking it when missing; a snapshot that fails to
 /// restore is removed, so the next call rebuilds it) or, when that fails, cold boots
-/// `cfg`; either way waits up to `timeout` for the agent. Only a failed cold boot is
+/// `cfg`; each attempt waits up to `timeout` for the agent. Only a failed cold boot is
 /// an error. A `cfg` without the root-port layout ([`snapshots_wanted`]) cold boots
 /// with no fallback reason. A restored guest with disks has their cached blocks
 /// dropped before it is returned (the disk files may be newer than the snapshot).
@@ -141,7 +141,9 @@ async fn drop_disk_caches(cfg: &VmConfig, client: &AgentClient) -> Result<(), Vm
     drop_block_caches(client, &refs).await
 }
 
-/// Boots `cfg` and waits for its agent within what is left of `timeout`.
+/// Boots `cfg` and waits up to `timeout` for its agent. The wait starts at the
+/// launch: a soak under load saw two silent restores use up a shared budget, leaving a
+/// fallback boot 0 s to come up ("did not boot within 0ns").
 async fn cold_boot(
     cfg: &VmConfig,
     accel: Accel,
@@ -151,8 +153,15 @@ async fn cold_boot(
     silent_retries: u32,
 ) -> Result<Started, VmError> {
     let vm = Vm::launch_with(cfg, accel).await?;
-    let left = timeout.saturating_sub(start.elapsed());
-    let (client, health) = vm.wait_for_agent(left).await?;
+    let (client, health) = match vm.wait_for_agent(timeout).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            if let Some(why) = &fallback {
+                tracing::warn!(snapshot = %why, error = %e, "cold boot after a failed restore failed too");
+            }
+            return Err(e);
+        }
+    };
     Ok(Started {
         vm,
         client,
