@@ -173,11 +173,9 @@ pub fn ensure_plan_image(plan: &Plan, req: &ImageRequest) -> Result<PlanImage, B
         source,
     })?;
     if !done.status.success() {
-        let err = String::from_utf8_lossy(&done.stderr);
-        let lines: Vec<&str> = err.lines().collect();
         return Err(BuildError::Image {
             release: req.release.clone(),
-            message: lines[lines.len().saturating_sub(15)..].join("\n"),
+            message: super::stderr_tail(&done.stderr),
         });
     }
     let manifest = read_manifest(&out.join("manifest.json")).map_err(|e| BuildError::Image {

@@ -167,11 +167,9 @@ fn script(name: &str, args: &[&str], cache: &Path, progress: bool) -> Result<Str
             source,
         })?;
     if !done.status.success() {
-        let err = String::from_utf8_lossy(&done.stderr);
-        let lines: Vec<&str> = err.lines().collect();
         return Err(KernelError::Script {
             script: what,
-            message: lines[lines.len().saturating_sub(15)..].join("\n"),
+            message: super::stderr_tail(&done.stderr),
         });
     }
     let out = String::from_utf8_lossy(&done.stdout);

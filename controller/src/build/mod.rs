@@ -267,6 +267,16 @@ pub fn first_errors(log: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Lines of a failed script's stderr kept in its error: the end says why it failed.
+const STDERR_TAIL_LINES: usize = 15;
+
+/// The last lines of a failed script's stderr, for its error message.
+pub(crate) fn stderr_tail(stderr: &[u8]) -> String {
+    let err = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
